@@ -1,0 +1,3 @@
+"""jaxrobust: accurate and robust image classifiers in JAX/Flax."""
+
+__version__ = '0.1.0'

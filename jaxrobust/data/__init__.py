@@ -1,0 +1,393 @@
+"""Input pipelines: TFDS datasets by name, image folders, and scikit-learn's bundled digits.
+
+Host-side tf.data decodes, augments and batches; corruptions, noise and attacks run on device.
+Two paths:
+
+* **In memory** (digits, folders and TFDS datasets of small images, e.g. CIFAR): the split is
+  decoded once into a uint8 array. Epoch ``e`` visits the examples in the permutation
+  ``default_rng([seed, e]).permutation(N)``; global batch ``b`` is rows ``[b*B, (b+1)*B)`` of it
+  and process ``p`` of ``P`` takes its contiguous ``B/P`` part, so the global batch is the same
+  for any number of processes. Augmentation is stateless, keyed by ``(seed, epoch, index)``.
+  Resuming at step ``s`` starts exactly at batch ``s`` — no example seen twice or skipped.
+* **Streaming** (large TFDS datasets, e.g. ImageNet): each process reads its own slice
+  (``tfds.split_for_jax_process``), shuffles with a fixed seed and skips the batches already
+  done on resume.
+"""
+
+import dataclasses
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+AUGMENTATIONS = ('cifar', 'imagenet', 'none')
+KNOWN_TFDS = ('cifar10', 'cifar100', 'imagenet2012', 'svhn_cropped', 'mnist', 'fashion_mnist',
+              'cifar10_corrupted/<corruption>_<severity>', 'imagenet2012_corrupted/...')
+
+
+def _tf():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  # TF must not grab accelerator memory that JAX needs.
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:
+    pass
+  return tf
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the rest of the library needs to know about a dataset.
+
+  Attributes:
+    name: the config's dataset string.
+    kind: 'digits', 'folder' or 'tfds'.
+    num_classes: number of labels.
+    image_shape: (H, W, C) of the images the model sees.
+    num_examples: examples per split.
+    train_split, eval_split: split names.
+    mean, std: per-channel normalisation constants for the model's first layer.
+    augment: training augmentation, one of AUGMENTATIONS.
+    in_memory: whether splits are decoded into memory (see module docstring).
+    class_names: label names if known.
+  """
+  name: str
+  kind: str
+  num_classes: int
+  image_shape: tuple
+  num_examples: dict
+  train_split: str
+  eval_split: str
+  mean: tuple
+  std: tuple
+  augment: str
+  in_memory: bool
+  class_names: tuple = ()
+  path: str = ''
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _digits_arrays():
+  from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+  digits = load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]  # (N, 8, 8, 1)
+  labels = digits.target.astype(np.int32)
+  order = np.random.default_rng(0).permutation(len(labels))  # fixed 80/20 split
+  cut = int(0.8 * len(labels))
+  return {'train': (images[order[:cut]], labels[order[:cut]]),
+          'test': (images[order[cut:]], labels[order[cut:]])}
+
+
+def _folder_builder(path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _tf()
+  if not os.path.isdir(path):
+    raise ValueError(f'Image folder {path!r} does not exist; expected the layout '
+                     '<path>/<split>/<label>/*.jpg (e.g. folder:../shared/data/cifar10).')
+  splits = [d for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))]
+  if not splits:
+    raise ValueError(f'Image folder {path!r} has no split directories; expected '
+                     '<path>/<split>/<label>/*.jpg.')
+  builder = tfds.ImageFolder(path)
+  empty = [s for s, info in builder.info.splits.items() if info.num_examples == 0]
+  if not builder.info.splits or empty or not builder.info.features['label'].names:
+    raise ValueError(f'Image folder {path!r} has no images in split(s) {empty or splits}; '
+                     'expected <path>/<split>/<label>/*.jpg|*.jpeg|*.png.')
+  return builder
+
+
+def _find_unreadable(path, split):
+  """Names the first file of a folder split that cannot be decoded."""
+  tf = _tf()
+  root = os.path.join(path, split)
+  for label in sorted(os.listdir(root)):
+    for fname in sorted(os.listdir(os.path.join(root, label))):
+      f = os.path.join(root, label, fname)
+      try:
+        tf.io.decode_image(tf.io.read_file(f), channels=3, expand_animations=False)
+      except Exception:  # pylint: disable=broad-except
+        return f
+  return None
+
+
+def _load_split_arrays(info: DatasetInfo, split: str, data_dir: Optional[str]):
+  """Decodes a whole split into (uint8 images [N,H,W,C], int32 labels [N]), deterministic order."""
+  if info.kind == 'digits':
+    return _digits_arrays()[split]
+  tf = _tf()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  h, w, c = info.image_shape
+  if info.kind == 'folder':
+    ds = _folder_builder(info.path).as_dataset(split=split, shuffle_files=False)
+  else:
+    ds = tfds.load(info.name, split=split, data_dir=data_dir, shuffle_files=False)
+
+  def fix(ex):
+    image = ex['image']
+    if image.shape[-1] != c:
+      image = image[..., :1] if c == 1 else tf.image.grayscale_to_rgb(image)
+    shape = tf.shape(image)
+    image = tf.cond(tf.logical_and(shape[0] == h, shape[1] == w), lambda: image,
+                    lambda: tf.cast(tf.clip_by_value(tf.round(
+                        tf.image.resize(image, (h, w), antialias=True)), 0, 255), tf.uint8))
+    name = ex.get('image/filename', tf.constant(''))
+    return tf.ensure_shape(image, (h, w, c)), tf.cast(ex['label'], tf.int32), name
+
+  ds = ds.map(fix, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
+  images, labels, names = [], [], []
+  try:
+    for im, lb, nm in ds.as_numpy_iterator():
+      images.append(im), labels.append(lb), names.append(nm)
+  except tf.errors.OpError as e:
+    bad = _find_unreadable(info.path, split) if info.kind == 'folder' else None
+    raise ValueError(f'Cannot read dataset {info.name!r} split {split!r}: '
+                     + (f'unreadable image file {bad!r}.' if bad else str(e).splitlines()[0]))
+  images, labels, names = np.concatenate(images), np.concatenate(labels), np.concatenate(names)
+  if info.kind == 'folder':  # ImageFolder's file order is not guaranteed: sort by file name
+    order = np.argsort(names, kind='stable')
+    images, labels = images[order], labels[order]
+  return images, labels
+
+
+# ----------------------------------------------------------------------------- info
+
+
+def get_info(config) -> DatasetInfo:
+  """Resolves ``config.dataset`` ('digits', 'folder:/path' or a TFDS name); ValueError if bad."""
+  name = config.dataset
+  size = config.get('image_size', 0) or None
+  augment = config.get('augment', 'auto')
+  if augment not in AUGMENTATIONS + ('auto',):
+    raise ValueError(f'Unknown augment {augment!r}; valid: auto, {", ".join(AUGMENTATIONS)}.')
+  if name == 'digits':
+    arrays = _digits_arrays()
+    mean, std = _moments(arrays['train'][0])
+    info = DatasetInfo(name, 'digits', 10, (8, 8, 1), {k: len(v[1]) for k, v in arrays.items()},
+                       'train', 'test', mean, std, 'none', True, tuple(str(i) for i in range(10)))
+  elif name.startswith('folder:'):
+    path = os.path.expanduser(name[len('folder:'):])
+    builder = _folder_builder(path)
+    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+    eval_split = config.get('eval_split', '') or next(
+        (s for s in ('test', 'validation', 'val') if s in splits), None)
+    train_split = config.get('train_split', '') or 'train'
+    for s in (train_split, eval_split):
+      if s not in splits:
+        raise ValueError(f'Split {s!r} not found in {path!r}; it has {sorted(splits)}.')
+    size = size or 32
+    names = tuple(builder.info.features['label'].names)
+    info = DatasetInfo(name, 'folder', len(names), (size, size, 3), splits, train_split,
+                       eval_split, IMAGENET_MEAN, IMAGENET_STD, 'cifar' if size <= 64 else 'imagenet',
+                       in_memory=size <= 64, class_names=names, path=path)
+  else:
+    info = _tfds_info(config, name, size)
+  if augment != 'auto':
+    info = dataclasses.replace(info, augment=augment)
+  return info
+
+
+def _tfds_info(config, name, size) -> DatasetInfo:
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  _tf()
+  base = name.split('/')[0].split(':')[0]
+  if base not in tfds.list_builders():
+    raise ValueError(f'Unknown dataset {name!r}. Valid: digits, folder:/path/to/images '
+                     f'(<split>/<label>/*.jpg), or a TFDS name such as {", ".join(KNOWN_TFDS)}.')
+  builder = tfds.builder(name, data_dir=config.get('data_dir') or None)
+  builder.download_and_prepare()
+  features = builder.info.features
+  shape = tuple(features['image'].shape)
+  num_classes = features['label'].num_classes
+  big = shape[0] is None or shape[0] > 64
+  size = size or (224 if big else shape[0])
+  c = shape[2] or 3
+  splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+  eval_split = config.get('eval_split', '') or next(
+      s for s in ('test', 'validation', 'train') if s in splits)
+  train_split = config.get('train_split', '') or next(s for s in ('train', 'test') if s in splits)
+  mean, std = (IMAGENET_MEAN, IMAGENET_STD)
+  return DatasetInfo(name, 'tfds', num_classes, (size, size, c), splits, train_split, eval_split,
+                     mean, std, 'imagenet' if big else 'cifar', in_memory=not big,
+                     class_names=tuple(getattr(features['label'], 'names', ()) or ()))
+
+
+def _moments(images):
+  x = images.astype(np.float64) / 255.0
+  return (tuple(float(v) for v in x.mean(axis=(0, 1, 2))),
+          tuple(float(v) for v in x.std(axis=(0, 1, 2)) + 1e-3))
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _augment_fn(kind: str, image_shape, train: bool):
+  """Returns ``f(image uint8 [H,W,C], seed int32[2]) -> float32 image in [0, 1]``."""
+  tf = _tf()
+  h, w, c = image_shape
+
+  def cifar(image, seed):
+    image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
+    s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = tf.image.stateless_random_crop(image, (h, w, c), seed=s1)
+    return tf.image.stateless_random_flip_left_right(image, seed=s2)
+
+  def inception_crop(image, seed):
+    s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    begin, crop, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), tf.zeros([0, 0, 4]), seed=s1, area_range=(0.08, 1.0),
+        aspect_ratio_range=(3 / 4, 4 / 3), min_object_covered=0.1, use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop)
+    image = tf.image.resize(image, (h, w), antialias=True)
+    return tf.image.stateless_random_flip_left_right(image, seed=s2)
+
+  def center_crop(image, _):
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = (h / 0.875) / tf.reduce_min(shape)  # resize shorter side to size/0.875, crop centre
+    new = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, new, antialias=True)
+    return tf.image.resize_with_crop_or_pad(image, h, w)
+
+  if kind == 'imagenet':
+    fn = inception_crop if train else center_crop
+  elif kind == 'cifar' and train:
+    fn = cifar
+  else:
+    fn = lambda image, _: image
+
+  def apply(image, seed):
+    out = tf.cast(fn(image, seed), tf.float32) / 255.0
+    return tf.ensure_shape(tf.clip_by_value(out, 0.0, 1.0), (h, w, c))
+  return apply
+
+
+# ----------------------------------------------------------------------------- iterators
+
+
+class InMemorySource:
+  """A split decoded into memory, shared by every epoch's pipeline."""
+
+  def __init__(self, info: DatasetInfo, split: str, data_dir: Optional[str] = None):
+    self.images, self.labels = _load_split_arrays(info, split, data_dir)
+    if len(self.labels) == 0:
+      raise ValueError(f'Dataset {info.name!r} split {split!r} is empty.')
+
+
+def _process_rows(rows: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
+  """Each process's contiguous part of every row (a global batch) of an index matrix."""
+  local = rows.shape[1] // process_count
+  return rows[:, process_index * local:(process_index + 1) * local]
+
+
+def train_iterator(info: DatasetInfo, *, global_batch_size: int, seed: int, start_step: int = 0,
+                   source: Optional[InMemorySource] = None, data_dir: Optional[str] = None,
+                   process_index: int = 0, process_count: int = 1,
+                   prefetch: int = 2) -> Iterator[dict]:
+  """Endless training batches (this process's part): {'image': float32 [b,H,W,C], 'label'}.
+
+  Args:
+    info: from :func:`get_info`.
+    global_batch_size: examples per step over all processes.
+    seed: data seed (permutations and augmentation).
+    start_step: first step to produce (resume).
+    source: a pre-loaded :class:`InMemorySource` (loaded here if None and in memory).
+    data_dir: TFDS data directory.
+    process_index, process_count: this process's place among the processes.
+    prefetch: batches prepared ahead.
+  """
+  tf = _tf()
+  n = info.num_examples[info.train_split]
+  steps_per_epoch = n // global_batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f'batch_size={global_batch_size} exceeds the {n} training examples.')
+  local = global_batch_size // process_count
+  augment = _augment_fn(info.augment, info.image_shape, train=True)
+  if not info.in_memory:
+    yield from _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch)
+    return
+  source = source or InMemorySource(info, info.train_split, data_dir)
+  images = tf.constant(source.images)
+  labels = tf.constant(source.labels)
+
+  def load(index, epoch):
+    seed_pair = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64),
+                          tf.cast(index, tf.int64)])
+    return {'image': augment(tf.gather(images, index), seed_pair),
+            'label': tf.gather(labels, index)}
+
+  epoch, offset = divmod(start_step, steps_per_epoch)
+  while True:
+    perm = np.random.default_rng([seed, epoch]).permutation(n)[:steps_per_epoch * global_batch_size]
+    rows = _process_rows(perm.reshape(steps_per_epoch, global_batch_size), process_index,
+                         process_count)[offset:]
+    ds = tf.data.Dataset.from_tensor_slices(rows.reshape(-1).astype(np.int32))
+    ds = ds.map(lambda i, e=epoch: load(i, e), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    ds = ds.batch(local, drop_remainder=True).prefetch(prefetch)
+    yield from ds.as_numpy_iterator()
+    epoch, offset = epoch + 1, 0
+
+
+def _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch):
+  tf = _tf()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  split = tfds.split_for_jax_process(info.train_split, drop_remainder=True)
+  ds = tfds.load(info.name, split=split, data_dir=data_dir, shuffle_files=True,
+                 read_config=tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16))
+  ds = ds.repeat().shuffle(16 * local, seed=seed).skip(start_step * local).enumerate()
+
+  def load(i, ex):
+    image = ex['image']
+    image = image if image.shape[-1] == info.image_shape[-1] else tf.image.grayscale_to_rgb(image)
+    return {'image': augment(image, tf.stack([tf.cast(seed, tf.int64), i])),
+            'label': tf.cast(ex['label'], tf.int32)}
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(local, drop_remainder=True)
+  yield from ds.prefetch(prefetch).as_numpy_iterator()
+
+
+def eval_iterator(info: DatasetInfo, *, global_batch_size: int, split: Optional[str] = None,
+                  source: Optional[InMemorySource] = None, data_dir: Optional[str] = None,
+                  process_index: int = 0, process_count: int = 1,
+                  max_examples: Optional[int] = None) -> Iterator[dict]:
+  """One pass over an eval split in a fixed order, padded to whole batches.
+
+  Yields this process's part of each global batch: {'image', 'label', 'mask'} where ``mask`` is
+  1.0 for real examples and 0.0 for padding. Every process yields the same number of batches.
+  """
+  tf = _tf()
+  split = split or info.eval_split
+  n = info.num_examples[split] if max_examples is None else min(max_examples,
+                                                                 info.num_examples[split])
+  local = global_batch_size // process_count
+  per_process = -(-n // process_count)
+  num_batches = -(-per_process // local)
+  transform = _augment_fn(info.augment, info.image_shape, train=False)
+  h, w, c = info.image_shape
+  if info.in_memory:
+    source = source or InMemorySource(info, split, data_dir)
+    idx = np.arange(process_index * per_process, min(n, (process_index + 1) * per_process))
+    ds = tf.data.Dataset.from_tensor_slices((source.images[idx], source.labels[idx]))
+  else:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    sub = tfds.split_for_jax_process(split, drop_remainder=False)
+    ds = tfds.load(info.name, split=sub, data_dir=data_dir, shuffle_files=False)
+    ds = ds.map(lambda ex: (ex['image'], ex['label']))
+    if max_examples is not None:
+      ds = ds.take(per_process)
+  ds = ds.map(lambda im, lb: (transform(im, tf.zeros([2], tf.int64)), tf.cast(lb, tf.int32)),
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(local).prefetch(2)
+  produced = 0
+  for images, labels in ds.as_numpy_iterator():
+    if produced == num_batches:
+      break
+    pad = local - len(labels)
+    yield {'image': np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))),
+           'label': np.pad(labels, (0, pad)),
+           'mask': np.pad(np.ones(len(labels), np.float32), (0, pad))}
+    produced += 1
+  for _ in range(num_batches - produced):  # keep every process in step
+    yield {'image': np.zeros((local, h, w, c), np.float32), 'label': np.zeros(local, np.int32),
+           'mask': np.zeros(local, np.float32)}

@@ -1,0 +1,103 @@
+"""The interface between the training loop and a method."""
+
+import dataclasses
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+
+from jaxrobust.models import MAIN
+
+
+@dataclasses.dataclass
+class Context:
+  """What a method may use, handed to :meth:`Method.setup` by the loop.
+
+  Attributes:
+    config: the run's ConfigDict.
+    model: the backbone (``jaxrobust.models.create_model``).
+    tx: the optax optimizer of the backbone's parameters.
+    info: ``jaxrobust.data.DatasetInfo``.
+    mesh: the 1-D device mesh (axis ``'batch'``).
+    steps_per_epoch: optimizer steps per epoch.
+    total_steps: optimizer steps of the whole run.
+    train_batches: ``f(num_batches, seed) -> iterator`` of global (sharded) training batches,
+      for procedures outside the step such as EWS's subnet search.
+  """
+  config: Any
+  model: Any
+  tx: Any
+  info: Any
+  mesh: Any
+  steps_per_epoch: int
+  total_steps: int
+  train_batches: Optional[Callable[[int, int], Iterator[dict]]] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+  """A host-side procedure the loop runs every ``every_steps`` steps: ``state = fn(state)``."""
+  every_steps: int
+  fn: Callable[[Any], Any]
+  name: str = ''
+
+
+class Method:
+  """Base class of training methods.
+
+  Subclasses implement :meth:`train_step` (and override the other methods as needed). The
+  step is the *per-device* body: it runs under ``shard_map`` on this device's shard of the
+  global batch, must average its gradients with ``lax.pmean(grads, 'batch')`` (see
+  ``common.apply_gradients``) and returns the new state and scalar metrics. The loop averages
+  metrics over devices, and averages BN running statistics unless BN is synchronised.
+  """
+  name: str = ''
+
+  def __init__(self, config):
+    self.config = config
+    self.ctx: Optional[Context] = None
+    self.validate()
+
+  # -- the shape of the state ------------------------------------------------------------
+  def bn_domains(self) -> tuple[str, ...]:
+    """BatchNorm domains whose running statistics this method keeps."""
+    return (MAIN,)
+
+  def affine_domains(self) -> tuple[str, ...]:
+    """BatchNorm domains with their own affine parameters."""
+    return ()
+
+  def eval_domains(self) -> tuple[str, ...]:
+    """Domains the periodic clean evaluation reports (the first is the headline one)."""
+    return (MAIN,)
+
+  def validate(self) -> None:
+    """Raises ValueError for an impossible config, before anything is compiled."""
+
+  def setup(self, ctx: Context) -> None:
+    self.ctx = ctx
+
+  @property
+  def model(self):
+    return self.ctx.model
+
+  @property
+  def tx(self):
+    return self.ctx.tx
+
+  def init_extras(self, rng: jax.Array, params, batch_stats) -> Any:
+    """Method-owned state (heads, generators, controllers); ``{}`` if none."""
+    del rng, params, batch_stats
+    return {}
+
+  def hooks(self) -> list[Hook]:
+    return []
+
+  def train_step(self, state, batch: dict, rng: jax.Array):
+    """Per-device step: ``(state, batch, rng) -> (state, metrics)``."""
+    raise NotImplementedError
+
+  def export(self, state) -> dict:
+    """The variables of the deployable model: ``{'params', 'batch_stats'}`` of the main path."""
+    from jaxrobust import models  # pylint: disable=g-import-not-at-top
+    return {'params': models.export_params(state.params, self.affine_domains()),
+            'batch_stats': state.batch_stats[MAIN]}
