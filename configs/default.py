@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.method = 'vanilla'
   c.label_smoothing = 0.0
   # Optimisation.
-  c.num_epochs = 200
+  c.num_epochs = 200.0
   c.batch_size = 128
   c.eval_batch_size = 500
   c.optimizer = 'sgd'        # sgd | adam | adamw

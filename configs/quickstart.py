@@ -10,7 +10,7 @@ def get_config():
   c = default.get_config()
   c.dataset = 'digits'
   c.model = 'resnet8'
-  c.num_epochs = 15
+  c.num_epochs = 15.0
   c.batch_size = 64
   c.eval_batch_size = 128
   c.learning_rate = 0.05

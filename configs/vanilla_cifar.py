@@ -17,7 +17,7 @@ def get_config():
   c = default.get_config()
   c.dataset = 'cifar10'
   c.model = 'resnet18'
-  c.num_epochs = 200
+  c.num_epochs = 200.0
   c.batch_size = 128
   c.learning_rate = 0.1
   c.weight_decay = 5e-4

@@ -9,6 +9,26 @@ from jaxrobust.models.noise_generator import (NoiseGenerator, add_l2_noise, gene
                                               rescale_to_l2)
 
 
+# Jitted once and shared: every rescaling test uses images of SHAPE and per-image eps [4].
+SHAPE = (4, 8, 8, 3)
+_add = jax.jit(add_l2_noise)
+_rescale = jax.jit(rescale_to_l2)
+
+
+def _objective(d, x, w, eps, a, b):
+  """a * <w, x_noisy> + b * ||x_noisy - x||^2."""
+  x_noisy = add_l2_noise(x, d, eps)
+  return a * jnp.sum(w * x_noisy) + b * jnp.sum(jnp.square(x_noisy - x))
+
+
+_obj = jax.jit(_objective)
+_grad = jax.jit(jax.grad(_objective))
+
+
+def _eps(value):
+  return jnp.full((SHAPE[0],), value, jnp.float32)
+
+
 def _norms(x, x_noisy):
   return np.sqrt(np.sum(np.square(np.asarray(x_noisy, np.float64) - np.asarray(x, np.float64)),
                         axis=tuple(range(1, x.ndim))))
@@ -27,7 +47,7 @@ def _bisect_scale(x, d, eps, iters=200):
   return hi
 
 
-def _images(kind, key, shape=(4, 8, 8, 3)):
+def _images(kind, key, shape=SHAPE):
   u = jax.random.uniform(key, shape)
   if kind == 'random':
     return u
@@ -45,7 +65,7 @@ def _images(kind, key, shape=(4, 8, 8, 3)):
 def test_rescaled_perturbation_has_norm_eps_after_clipping(kind, eps):
   x = _images(kind, jax.random.key(0))
   d = jax.random.normal(jax.random.key(1), x.shape)
-  x_noisy = jax.jit(add_l2_noise)(x, d, eps)
+  x_noisy = _add(x, d, _eps(eps))
   max_norm = _norms(x, jnp.where(d > 0, 1.0, 0.0) * (d != 0) + jnp.where(d == 0, x, 0.0))
   assert np.all((np.asarray(x_noisy) >= 0) & (np.asarray(x_noisy) <= 1))
   expected = np.minimum(eps, max_norm)
@@ -53,76 +73,72 @@ def test_rescaled_perturbation_has_norm_eps_after_clipping(kind, eps):
   # Near the bounds most of the target norm can only be reached through clipping: check the
   # test really exercises it (a non-clipping-aware rescale would miss eps by far).
   if kind in ('near0', 'near1') and eps >= 0.5:
-    s = rescale_to_l2(x, d, eps)
+    s = _rescale(x, d, _eps(eps))
     naive = np.linalg.norm(np.asarray(s)[:, None] * np.asarray(d).reshape(4, -1), axis=1)
     assert np.all(naive > 1.2 * eps)
 
 
 def test_scale_matches_float64_bisection():
-  x = _images('random', jax.random.key(2), (3, 6, 6, 3))
-  d = jax.random.normal(jax.random.key(3), x.shape) * jnp.array([1.0, 0.01, 50.0])[:, None, None,
-                                                                                   None]
-  eps = jnp.array([0.3, 1.0, 3.0])
-  s = np.asarray(rescale_to_l2(x, d, eps))
-  for i in range(3):
+  x = _images('random', jax.random.key(2))
+  d = jax.random.normal(jax.random.key(3), x.shape) * jnp.array([1.0, 0.01, 50.0, 3.0])[
+      :, None, None, None]
+  eps = jnp.array([0.3, 1.0, 3.0, 6.0])
+  s = np.asarray(_rescale(x, d, eps))
+  for i in range(4):
     np.testing.assert_allclose(s[i], _bisect_scale(x[i], d[i], float(eps[i])), rtol=1e-4)
 
 
 def test_per_image_eps_and_zero_delta_pixels():
-  x = _images('random', jax.random.key(4), (2, 5, 5, 1))
+  x = _images('random', jax.random.key(4))
   d = jax.random.normal(jax.random.key(5), x.shape)
   d = d.at[:, :2].set(0.0)  # pixels that never move
-  eps = jnp.array([0.4, 1.2])
-  x_noisy = add_l2_noise(x, d, eps)
+  eps = jnp.array([0.4, 1.2, 0.05, 2.5])
+  x_noisy = _add(x, d, eps)
   np.testing.assert_allclose(_norms(x, x_noisy), np.asarray(eps), atol=1e-4)
   np.testing.assert_array_equal(np.asarray(x_noisy[:, :2]), np.asarray(x[:, :2]))
 
 
 def test_all_saturated_returns_smallest_saturating_scale():
-  x = _images('random', jax.random.key(6), (2, 4, 4, 3))
+  x = _images('random', jax.random.key(6))
   d = jax.random.normal(jax.random.key(7), x.shape)
   bound = jnp.where(d > 0, 1.0, 0.0)
   max_norm = _norms(x, bound)
-  s = rescale_to_l2(x, d, 1e3)
+  s = _rescale(x, d, _eps(1e3))
   x_noisy = jnp.clip(x + s[:, None, None, None] * d, 0, 1)
   # Every pixel sits on the bound its delta points at, so the norm is the maximal one...
   np.testing.assert_allclose(np.asarray(x_noisy), np.asarray(bound), atol=1e-6)
   np.testing.assert_allclose(_norms(x, x_noisy), max_norm, rtol=1e-5)
   # ...and s is the smallest such scale: the slowest pixel reaches its bound exactly at s.
   t = np.where(np.asarray(d) > 0, 1 - np.asarray(x), np.asarray(x)) / np.abs(np.asarray(d))
-  np.testing.assert_allclose(np.asarray(s), t.reshape(2, -1).max(1), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(s), t.reshape(4, -1).max(1), rtol=1e-6)
   # Exactly the maximal norm is reached exactly too.
-  x_max = add_l2_noise(x, d, jnp.asarray(max_norm, jnp.float32))
+  x_max = _add(x, d, jnp.asarray(max_norm, jnp.float32))
   np.testing.assert_allclose(_norms(x, x_max), max_norm, atol=1e-4)
 
 
 def test_all_zero_delta_gives_zero_scale_and_finite_gradient():
-  x = _images('random', jax.random.key(8), (2, 4, 4, 3))
+  x = _images('random', jax.random.key(8))
   d = jnp.zeros_like(x)
-  np.testing.assert_array_equal(np.asarray(rescale_to_l2(x, d, 1.0)), 0.0)
-  g = jax.grad(lambda d: add_l2_noise(x, d, 1.0).sum())(d)
+  np.testing.assert_array_equal(np.asarray(_rescale(x, d, _eps(1.0))), 0.0)
+  g = _grad(d, x, jnp.ones_like(x), _eps(1.0), 1.0, 0.0)
   assert np.all(np.isfinite(np.asarray(g)))
 
 
 def test_gradients_are_finite_and_correct():
-  x = _images('near1', jax.random.key(9), (2, 6, 6, 3))
+  x = _images('near1', jax.random.key(9))
   d = jax.random.normal(jax.random.key(10), x.shape)
   w = jax.random.normal(jax.random.key(11), x.shape)
-  eps = 1.5
-
-  def objective(d):
-    return jnp.sum(w * add_l2_noise(x, d, eps))
-
-  g = jax.jit(jax.grad(objective))(d)
+  eps = _eps(1.5)
+  g = _grad(d, x, w, eps, 1.0, 0.0)
   assert np.all(np.isfinite(np.asarray(g))) and np.abs(np.asarray(g)).sum() > 0
   # Directional derivative vs central finite differences.
   v = jax.random.normal(jax.random.key(12), x.shape)
   h = 1e-3
-  fd = (objective(d + h * v) - objective(d - h * v)) / (2 * h)
+  fd = (_obj(d + h * v, x, w, eps, 1.0, 0.0) - _obj(d - h * v, x, w, eps, 1.0, 0.0)) / (2 * h)
   np.testing.assert_allclose(float(jnp.vdot(g, v)), float(fd), rtol=2e-2, atol=2e-3)
   # The norm is constant (= eps) in delta, so its gradient vanishes; the perturbation is
   # invariant to rescaling delta, so the gradient is orthogonal to delta.
-  gn = jax.grad(lambda d: jnp.sum(jnp.square(add_l2_noise(x, d, eps) - x)))(d)
+  gn = _grad(d, x, w, eps, 0.0, 1.0)
   assert np.abs(np.asarray(gn)).max() < 1e-3
   assert abs(float(jnp.vdot(g, d))) < 1e-3 * float(jnp.linalg.norm(g) * jnp.linalg.norm(d))
 

@@ -3,7 +3,8 @@
 Attacks are model-agnostic: the caller closes over parameters, BatchNorm domain and train/eval mode,
 and guarantees that calling ``logits_fn`` updates no BatchNorm statistics (attacks never see BN
 state). Every attack has the signature ``attack(logits_fn, x, y, rng, **hyper_parameters) -> x_adv``
-and returns ``stop_gradient``-ed images in the threat ball intersected with [0, 1] (GD: only [0, 1]).
+and returns ``stop_gradient``-ed images in the threat ball intersected with [0, 1] (GD: only
+[0, 1]).
 Call them inside ``jax.jit``; the hyper-parameters that select the program (numbers of steps,
 restarts, norm, loss, ...) are static, epsilons and step sizes may be traced.
 

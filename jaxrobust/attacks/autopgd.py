@@ -6,8 +6,8 @@ and Square).
 
 Algorithm (per example; everything is batch-vectorised with per-example step sizes):
 
-* Start ``x^0`` = random point in the ball (L-inf: uniform start rescaled to the sphere as AutoAttack
-  does; L2: ``x + eps * z / ||z||``), clipped to [0, 1]. Step size ``eta^0 = 2 eps``.
+* Start ``x^0`` = random point in the ball (L-inf: uniform start rescaled to the sphere as
+  AutoAttack does; L2: ``x + eps * z / ||z||``), clipped to [0, 1]. Step size ``eta^0 = 2 eps``.
 * ``z^{k+1} = P(x^k + eta^k * dir(grad f(x^k)))``;
   ``x^{k+1} = P(x^k + a (z^{k+1} - x^k) + (1 - a)(x^k - x^{k-1}))`` with momentum ``a = 0.75``
   (``a = 1`` for the first step); P projects onto the eps-ball ∩ [0, 1].
@@ -17,7 +17,8 @@ Algorithm (per example; everything is batch-vectorised with per-example step siz
   iterate restarted from ``x_max`` (with the gradient stored for it) if
     1. ``#{i in [w_{j-1}, w_j) : f(x^{i+1}) > f(x^i)} < rho (w_j - w_{j-1})`` (too few increasing
        steps; rho = 0.75), or
-    2. the step size was not reduced at ``w_{j-1}`` and ``f_max`` did not increase since ``w_{j-1}``.
+    2. the step size was not reduced at ``w_{j-1}`` and ``f_max`` did not increase since
+       ``w_{j-1}``.
 * Return the last misclassified iterate if there was one, else ``x_max``; points the model already
   misclassifies are returned unchanged (AutoAttack does not attack them).
 
@@ -35,9 +36,9 @@ follow the paper and say so:
   - not-yet-fooled points are returned as ``x_max`` instead of the clean image, so the output is
     also useful as a maximal-loss example; robust accuracy is unaffected.
 
-Static vs traced: ``num_steps``, ``norm``, ``loss``, ``restarts``, ``num_target_classes`` are static;
-``eps``, ``rho``, ``alpha``, ``x``, ``y``, ``rng``, ``target_class`` may be traced. Everything runs
-as ``lax.scan`` loops (over iterations, restarts and target classes).
+Static vs traced: ``num_steps``, ``norm``, ``loss``, ``restarts``, ``num_target_classes`` are
+static; ``eps``, ``rho``, ``alpha``, ``x``, ``y``, ``rng``, ``target_class`` may be traced.
+Everything runs as ``lax.scan`` loops (over iterations, restarts and target classes).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ _MIN_GAP = fractions.Fraction(6, 100)
 
 
 def checkpoint_fractions(max_fraction: float = 1.0) -> tuple:
-  """The paper's checkpoint fractions ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``.
+  """The paper's checkpoint fractions ``p_0 = 0``, ``p_1 = 0.22``,
+  ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``.
 
   Returns:
     Exact ``fractions.Fraction`` values ``p_j <= max_fraction``.
@@ -101,6 +103,23 @@ def _schedule(num_steps: int):
     window[w - 1] = w - prev
     prev = w
   return jnp.asarray(is_ckpt), jnp.asarray(window)
+
+
+def halve_step_size(n_increase, window, rho, reduced_at_last_checkpoint,
+                    loss_best_at_last_checkpoint, loss_best):
+  """APGD's per-example step-size decision at a checkpoint ``w_j`` (Croce & Hein 2020, sec. 3.2).
+
+  Condition 1: ``n_increase < rho * window``, where ``n_increase`` counts the steps
+  ``i in [w_{j-1}, w_j)`` with ``f(x^{i+1}) > f(x^i)`` and ``window = w_j - w_{j-1}``.
+  Condition 2: the step size was not halved at ``w_{j-1}`` and the best loss has not increased since
+  then (``f_max^{w_{j-1}} >= f_max^{w_j}``).
+
+  Returns:
+    bool [B]: halve the step size and restart from the best point.
+  """
+  cond1 = n_increase < rho * window
+  cond2 = ~reduced_at_last_checkpoint & (loss_best_at_last_checkpoint >= loss_best)
+  return cond1 | cond2
 
 
 class APGDResult(NamedTuple):
@@ -228,10 +247,8 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *,
     grad_best = sel(improved, grad_new, c['grad_best'])
     loss_best = jnp.where(improved, loss_new, c['loss_best'])
 
-    # Checkpoint: conditions 1 and 2 of Croce & Hein (2020), section 3.2.
-    cond1 = n_increase < rho * win
-    cond2 = ~c['reduced_at_ckpt'] & (c['loss_best_at_ckpt'] >= loss_best)
-    reduce = ckpt & (cond1 | cond2)
+    reduce = ckpt & halve_step_size(n_increase, win, rho, c['reduced_at_ckpt'],
+                                    c['loss_best_at_ckpt'], loss_best)
     new = dict(
         x_cur=sel(reduce, x_best, x_new),
         x_prev=c['x_cur'],
@@ -260,7 +277,7 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *,
 
 
 def _restarted(logits_fn, x, y, rng, restarts, **kwargs):
-  """Runs :func:`apgd_run` ``restarts`` times (key ``fold_in(rng, r)``); keeps the strongest per example."""
+  """Runs :func:`apgd_run` ``restarts`` times (keys ``fold_in(rng, r)``); keeps the strongest."""
   def run(r):
     res = apgd_run(logits_fn, x, y, jax.random.fold_in(rng, r), **kwargs)
     return res.x_adv, res.success, res.loss_best
@@ -306,7 +323,7 @@ def apgd_ce(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *, 
 
 
 def target_classes(clean_logits: jax.Array, y: jax.Array, num_target_classes: int) -> jax.Array:
-  """APGD-T's targets: the ``num_target_classes`` highest-scoring classes other than y, by clean logits.
+  """APGD-T's targets: the ``num_target_classes`` highest clean-logit classes other than y.
 
   For a correctly classified example these are the 2nd, 3rd, ... most likely classes, as in
   AutoAttack (``sort(logits)[:, -k]`` for k = 2 .. n_target_classes + 1).

@@ -1,8 +1,8 @@
 """Robust-accuracy helpers for evaluating attacks.
 
 A point counts as robust only if the model classifies the clean image *and* its adversarial
-counterpart correctly (pass ``x_clean`` to enforce the first half; APGD already returns misclassified
-clean images unchanged).
+counterpart correctly (pass ``x_clean`` to enforce the first half; APGD already returns
+misclassified clean images unchanged).
 """
 
 from __future__ import annotations

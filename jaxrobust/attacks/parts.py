@@ -1,14 +1,13 @@
 """Small pure building blocks of gradient attacks: norms, random starts, steps, projections.
 
-Every function here works on a batch of images ``x`` of shape [B, H, W, C] (any shape with a leading
-batch axis works) with pixels in [0, 1], and treats each example independently: norms, step sizes and
-projections are per example. Per-example scalars (e.g. APGD's step sizes) are arrays of shape [B] and
-are broadcast against the image axes with :func:`per_example`.
+Every function here works on a batch of images ``x`` of shape [B, H, W, C] (any shape with a
+leading batch axis works) with pixels in [0, 1], and treats each example independently: norms, step
+sizes and projections are per example. Per-example scalars (e.g. APGD's step sizes) are arrays of
+shape [B] and are broadcast against the image axes with :func:`per_example`.
 
 The attacks in :mod:`jaxrobust.attacks.pgd_family` and :mod:`jaxrobust.attacks.autopgd` are
-compositions of
-these parts, in the style of DeepMind's jax adversarial-robustness code: ``init`` (random start),
-``step`` (ascent direction), ``project`` (back onto the feasible set) and a loss.
+compositions of these parts, in the style of DeepMind's jax adversarial-robustness code: ``init``
+(random start), ``step`` (ascent direction), ``project`` (back onto the feasible set) and a loss.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ _TINY = 1e-12
 
 
 def check_norm(norm: str) -> str:
-  """Returns ``norm`` if it is one of :data:`NORMS`, else raises ValueError naming the allowed values."""
+  """Returns ``norm`` if it is in :data:`NORMS`, else raises ValueError naming the allowed ones."""
   if norm not in NORMS:
     raise ValueError(f'Unknown norm {norm!r}; allowed values: {NORMS}.')
   return norm
@@ -122,7 +121,8 @@ def init(rng: jax.Array, x: jax.Array, eps, norm: str, mode: str = 'uniform',
   """
   check_norm(norm)
   if mode not in INIT_MODES:
-    raise ValueError(f'Unknown random start {mode!r}; allowed values: {INIT_MODES} (or True/False).')
+    raise ValueError(f'Unknown random start {mode!r}; allowed values: {INIT_MODES} '
+                     '(or True/False).')
   if mode == 'normal':
     return init_normal(rng, x, std)
   if norm == 'l2':

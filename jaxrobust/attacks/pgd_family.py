@@ -13,8 +13,8 @@ Table 7). With ``restarts = R > 1`` the attack is run from R random starts (a ``
 restarts, so memory does not grow with R) and, per example, the strongest result is kept: a
 successful one (misclassified; for targeted attacks classified as the target) before an
 unsuccessful one, and among equals the one with the higher loss. Restart r uses
-``jax.random.fold_in(rng, r)``, so restart 0 is exactly the single-run attack and more restarts never
-give a weaker example.
+``jax.random.fold_in(rng, r)``, so restart 0 is exactly the single-run attack and more restarts
+never give a weaker example.
 
 Model-agnostic: ``logits_fn(x) -> logits`` is a pure function of the images only; the caller
 closes over parameters, BatchNorm domain and train/eval mode and guarantees that calling it changes
@@ -101,6 +101,9 @@ class _Setup:
     batch = x.shape[0]
     self.y = None if y is None else losses_lib.broadcast_labels(y, batch)
     self.target = None
+    if target is not None and not targeted:
+      raise ValueError('target was given but targeted=False; pass targeted=True for a targeted '
+                       'attack.')
     if targeted:
       if target is None:
         raise ValueError('targeted=True needs target (an int class or an int array of shape [B]).')
@@ -253,7 +256,7 @@ def pgd_trajectory(logits_fn: LogitsFn, x: jax.Array, y: Optional[jax.Array],
 def fgsm(logits_fn: LogitsFn, x: jax.Array, y: Optional[jax.Array], rng: Optional[jax.Array] = None,
          *, eps, norm: str = 'linf', loss='ce', targeted: bool = False, target=None,
          clean_logits=None) -> jax.Array:
-  """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps from x, no random start.
+  """Fast gradient sign method (Goodfellow et al. 2015): one step of size eps from x, no restart.
 
   ``x_adv = clip(x + eps * sign(grad_x loss), 0, 1)`` for L-inf (``eps * g / ||g||_2`` for L2).
   Deterministic; ``rng`` is accepted for a uniform attack signature and ignored.
@@ -264,9 +267,10 @@ def fgsm(logits_fn: LogitsFn, x: jax.Array, y: Optional[jax.Array], rng: Optiona
              project=True, clean_logits=clean_logits)
 
 
-def ifgsm(logits_fn: LogitsFn, x: jax.Array, y: Optional[jax.Array], rng: Optional[jax.Array] = None,
-          *, eps, step_size, num_steps: int, norm: str = 'linf', loss='ce', targeted: bool = False,
-          target=None, clean_logits=None) -> jax.Array:
+def ifgsm(logits_fn: LogitsFn, x: jax.Array, y: Optional[jax.Array],
+          rng: Optional[jax.Array] = None, *, eps, step_size, num_steps: int,
+          norm: str = 'linf', loss='ce', targeted: bool = False, target=None,
+          clean_logits=None) -> jax.Array:
   """Iterative FGSM (Kurakin et al. 2017): PGD without random start (starts at x; deterministic).
 
   ``rng`` is accepted for a uniform attack signature and ignored.

@@ -11,10 +11,10 @@ config can store just the preset name::
 
 Epsilons and step sizes are in [0, 1] pixel units; the comments give the papers' 0-255 units.
 
-AdvProp (Xie et al. 2020, ``002_3c885072544f102e.txt``), section 4 "Adversarial Attackers": PGD under
-L-inf, eps in {1, 2, 3, 4} (of 255), n = eps + 1 iterations except n = 1 for eps = 1, step size
-alpha = 1; "PGD5 (eps=4)" is the default attacker, and section 5 uses "PGD7 (eps=6)" for the largest
-model. Table 7 replaces PGD (eps=4, n=5, alpha=1) by I-FGSM (no random start) and GD (no
+AdvProp (Xie et al. 2020, ``002_3c885072544f102e.txt``), section 4 "Adversarial Attackers": PGD
+under L-inf, eps in {1, 2, 3, 4} (of 255), n = eps + 1 iterations except n = 1 for eps = 1, step
+size alpha = 1; "PGD5 (eps=4)" is the default attacker, and section 5 uses "PGD7 (eps=6)" for the
+largest model. Table 7 replaces PGD (eps=4, n=5, alpha=1) by I-FGSM (no random start) and GD (no
 projection onto the eps-ball). The paper leaves targeted vs untargeted open; these presets are
 untargeted (see the AdvProp method's docstring).
 
@@ -22,7 +22,8 @@ Adversarial training baselines: Madry et al. (2018) PGD-10 (eps 8, step 2, rando
 TRADES (Zhang et al. 2019): eps 8, step 2 (0.007 in the TRADES code, ~1.8/255), 10 steps, KL inner
 loss, start ``x + 0.001 * N(0, I)``.
 
-Evaluation: PGD-20 / FGSM / I-FGSM-10 at eps 8 and APGD-CE / APGD-T with AutoAttack's 100 iterations.
+Evaluation: PGD-20 / FGSM / I-FGSM-10 at eps 8 and APGD-CE / APGD-T with the 100 iterations of the
+APGD paper.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def attack_kwargs(name: str) -> dict:
 
 
 def build(name: str, **overrides) -> Callable:
-  """Attack function ``f(logits_fn, x, y, rng)`` with the preset's (and ``overrides``') kwargs bound."""
+  """Attack ``f(logits_fn, x, y, rng)`` with the preset kwargs, updated by ``overrides``, bound."""
   from jaxrobust.attacks import registry  # pylint: disable=g-import-not-at-top
   kwargs = get(name)
   attack = registry.get(kwargs.pop('attack'))

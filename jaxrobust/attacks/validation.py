@@ -1,4 +1,4 @@
-"""Eager argument checks shared by the attacks (ValueError naming the bad value and what is allowed).
+"""Eager argument checks shared by the attacks (ValueError naming the bad value and allowed ones).
 
 Numeric hyper-parameters such as ``eps`` may be traced (so one compiled program serves a sweep over
 eps); they are checked only when their value is known at trace time.

@@ -21,9 +21,12 @@ which equals ``sqrt(HW) * Re(IDFT(c delta_{k,l} + conj(c) delta_{-k,-l}))``
 with c = (1 + i)/2: the construction of the reference implementation
 (google-research/frequency_analysis). For self-conjugate frequencies
 ((2k mod H, 2l mod W) = (0, 0): DC and the Nyquist rows/columns) the sine
-part vanishes and U = cos theta / sqrt(HW). (k, l) and (-k, -l) span the same
-frequency; like the reference, by default only one of each conjugate pair is
-evaluated and its value used for both map entries.
+part vanishes and U = cos theta / sqrt(HW). (k, l) and (-k, -l) are the same
+real frequency: their two basis images (cos - sin and cos + sin of theta) are
+its two orthogonal phases. Like the reference, by default only one of each
+conjugate pair is evaluated and its value used for both map entries
+(``use_symmetry=True``); with ``use_symmetry=False`` each entry is evaluated
+with its own phase.
 
 Norm. v is in [0, 1] pixel units, per channel. Yin et al. use v = 4 for
 CIFAR-10 (32 x 32) and v = 15.7 for ImageNet (224 x 224), which we read as
@@ -34,11 +37,13 @@ amplitude 4 * sqrt(2) / 32 ~= 0.18. ``DEFAULT_NORMS`` records these values.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxrobust.evaluation.noise_robustness import unpack_batch
 
 PredictFn = Callable[[jax.Array], jax.Array]
 
@@ -135,7 +140,7 @@ def perturb_with_basis(x: jax.Array, basis: jax.Array, norm: float, rng: jax.Arr
 
 def fourier_error_counts(predict_fn: PredictFn, x: jax.Array, y: jax.Array, rng: jax.Array,
                          positions: jax.Array, *, norm: float = DEFAULT_NORMS['cifar'],
-                         chunk_size: int = 8) -> jax.Array:
+                         chunk_size: int = 8, mask: jax.Array | None = None) -> jax.Array:
   """Number of misclassified images for each requested frequency. Jittable.
 
   Frequencies are processed with ``lax.map`` in chunks of ``chunk_size``
@@ -150,11 +155,13 @@ def fourier_error_counts(predict_fn: PredictFn, x: jax.Array, y: jax.Array, rng:
     positions: [F, 2] int (row, col) positions in the fftshift-ed map.
     norm: v ([0, 1] units, per channel).
     chunk_size: frequencies evaluated together.
+    mask: optional [B] weights; examples with 0 (padding) are not counted.
 
   Returns:
     [F] int32 error counts.
   """
-  _, h, w, _ = x.shape
+  b, h, w, _ = x.shape
+  valid = jnp.ones((b,), bool) if mask is None else jnp.asarray(mask).reshape(b) > 0
   positions = jnp.asarray(positions, jnp.int32)
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(positions.shape[0]))
 
@@ -162,22 +169,11 @@ def fourier_error_counts(predict_fn: PredictFn, x: jax.Array, y: jax.Array, rng:
     pos, key = args
     k, l = shifted_to_frequency(pos[0], pos[1], h, w)
     x_pert = perturb_with_basis(x, fourier_basis(k, l, h, w), norm, key)
-    wrong = jnp.argmax(predict_fn(x_pert), axis=-1) != y
+    wrong = (jnp.argmax(predict_fn(x_pert), axis=-1) != y) & valid
     return jnp.sum(wrong.astype(jnp.int32))
 
   counts = jax.lax.map(one, (positions, keys), batch_size=chunk_size)
   return jax.lax.stop_gradient(counts)
-
-
-def _unpack(batch: Any) -> tuple[Any, Any]:
-  if isinstance(batch, Mapping):
-    for xk, yk in (('image', 'label'), ('x', 'y')):
-      if xk in batch and yk in batch:
-        return batch[xk], batch[yk]
-    raise ValueError(f'batch dict keys {sorted(batch)} invalid: allowed image/label or x/y')
-  if isinstance(batch, (tuple, list)) and len(batch) == 2:
-    return batch[0], batch[1]
-  raise ValueError(f'batch of type {type(batch).__name__} invalid: allowed (x, y) or a dict')
 
 
 def fourier_heat_map(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Array, *,
@@ -188,18 +184,23 @@ def fourier_heat_map(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arr
                      ) -> dict[str, Any]:
   """Fourier heat map of a classifier over a dataset.
 
+  Cost: one forward pass of every batch per evaluated frequency, i.e. about
+  H*W/2 passes with ``use_symmetry`` (~530 for 32 x 32). On a CPU use a few
+  hundred images, or ``stride`` / ``positions`` to evaluate a subset.
+
   Args:
     predict_fn: pure ``x -> logits`` (compiled once per batch shape here).
-    batches: iterable of ``(x, y)`` or ``{'image', 'label'}``; or a single
-      ``(x, y)`` tuple of arrays.
+    batches: iterable of ``(x, y)`` or ``{'image', 'label'[, 'mask']}``
+      (``mask == 0`` marks padding, not counted); or a single ``(x, y)`` tuple.
     rng: key; batch i uses ``fold_in(rng, i)``.
     norm: v, per-channel L2 norm in [0, 1] units (4.0 for CIFAR, 15.7 for
       ImageNet-size images as Yin et al.).
     positions: (row, col) positions of the shifted map to evaluate (default:
       :func:`all_frequencies` with ``stride``). Entries not evaluated are NaN.
     stride: subsample the grid when ``positions`` is None.
-    use_symmetry: evaluate each conjugate pair once (the two share one basis
-      image up to phase) and fill both entries.
+    use_symmetry: evaluate each conjugate pair once and fill both entries
+      (as the reference); False evaluates (k, l) and (-k, -l) separately, each
+      with its own phase (cos - sin vs cos + sin), at twice the cost.
     chunk_size: frequencies per vectorised chunk.
     metric: ``'error'`` or ``'accuracy'`` in the returned map.
     max_batches: stop after this many batches.
@@ -219,9 +220,9 @@ def fourier_heat_map(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arr
     batches = [batches]
 
   count_fn = jax.jit(
-      lambda x, y, key, pos: fourier_error_counts(
-          predict_fn, x, y, key, pos, norm=norm, chunk_size=int(chunk_size)))
-  clean_fn = jax.jit(lambda x, y: jnp.sum(jnp.argmax(predict_fn(x), -1) != y))
+      lambda x, y, key, pos, valid: fourier_error_counts(
+          predict_fn, x, y, key, pos, norm=norm, chunk_size=int(chunk_size), mask=valid))
+  clean_fn = jax.jit(lambda x, y, valid: jnp.sum((jnp.argmax(predict_fn(x), -1) != y) & valid))
 
   counts = None
   clean_wrong = 0
@@ -231,10 +232,12 @@ def fourier_heat_map(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arr
   for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
       break
-    x, y = _unpack(batch)
+    x, y, mask = unpack_batch(batch)
     x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y)
     if x.ndim != 4:
       raise ValueError(f'images must be [B, H, W, C], got shape {x.shape}')
+    valid = (np.ones((x.shape[0],), bool) if mask is None
+             else np.asarray(mask).reshape(x.shape[0]) > 0)
     if h is None:
       h, w = x.shape[1], x.shape[2]
       req = all_frequencies(h, w, stride) if positions is None else np.asarray(positions, np.int32)
@@ -249,10 +252,11 @@ def fourier_heat_map(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arr
         eval_pos, inverse = req, np.arange(req.shape[0])
     elif x.shape[1:3] != (h, w):
       raise ValueError(f'all batches must share one image size: got {x.shape[1:3]} after {(h, w)}')
-    c = np.asarray(count_fn(x, y, jax.random.fold_in(rng, i), jnp.asarray(eval_pos)))
+    c = np.asarray(count_fn(x, y, jax.random.fold_in(rng, i), jnp.asarray(eval_pos),
+                            jnp.asarray(valid)))
     counts = c if counts is None else counts + c
-    clean_wrong += int(clean_fn(x, y))
-    total += int(x.shape[0])
+    clean_wrong += int(clean_fn(x, y, jnp.asarray(valid)))
+    total += int(valid.sum())
   if total == 0:
     raise ValueError('batches yielded no images')
   err = counts[inverse].astype(np.float64) / total

@@ -254,14 +254,19 @@ def minimal_l2_along_noise(predict_fn: PredictFn, x: jax.Array, y: jax.Array, rn
 # ----------------------------------------------------------------------------
 
 
-def _unpack(batch: Any) -> tuple[Any, Any]:
+def unpack_batch(batch: Any) -> tuple[Any, Any, Any]:
+  """``(x, y, mask)`` from an ``(x, y)`` tuple or an ``{'image', 'label'[, 'mask']}`` dict.
+
+  ``mask`` (None when absent) marks real examples (> 0) versus the padding the
+  data pipeline adds to fill the last batch; padded examples are ignored.
+  """
   if isinstance(batch, Mapping):
     for xk, yk in (('image', 'label'), ('x', 'y')):
       if xk in batch and yk in batch:
-        return batch[xk], batch[yk]
-    raise ValueError(f'batch dict keys {sorted(batch)} invalid: allowed image/label or x/y')
+        return batch[xk], batch[yk], batch.get('mask')
+    raise ValueError(f'batch dict keys {sorted(batch)} invalid: allowed image/label[/mask] or x/y')
   if isinstance(batch, (tuple, list)) and len(batch) == 2:
-    return batch[0], batch[1]
+    return batch[0], batch[1], None
   raise ValueError(f'batch of type {type(batch).__name__} invalid: allowed (x, y) or a dict')
 
 
@@ -296,7 +301,8 @@ def median_eps_star(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arra
 
   Args:
     predict_fn: pure ``x -> logits``; compiled once (per batch shape) here.
-    batches: iterable of ``(x, y)`` or ``{'image', 'label'}`` batches.
+    batches: iterable of ``(x, y)`` or ``{'image', 'label'[, 'mask']}``
+      batches; examples with ``mask == 0`` (padding) are dropped.
     rng: PRNG key; batch i uses ``fold_in(rng, i)``.
     noise, max_eps, num_coarse, num_bisect, spacing, min_eps: as for
       :func:`minimal_l2_along_noise`.
@@ -312,9 +318,11 @@ def median_eps_star(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arra
   for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
       break
-    x, y = _unpack(batch)
-    all_eps.append(np.asarray(search(jnp.asarray(x), jnp.asarray(y),
-                                     jax.random.fold_in(rng, i))))
+    x, y, mask = unpack_batch(batch)
+    eps = np.asarray(search(jnp.asarray(x), jnp.asarray(y), jax.random.fold_in(rng, i)))
+    if mask is not None:
+      eps = eps[np.asarray(mask).reshape(-1) > 0]
+    all_eps.append(eps)
   if not all_eps:
     raise ValueError('batches yielded no data')
   eps = np.concatenate(all_eps)

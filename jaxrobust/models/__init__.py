@@ -74,7 +74,9 @@ def init_variables(model, rng, image_shape: Tuple[int, int, int],
   x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   variables = jax.jit(lambda r: model.init(r, x, train=False))(rng)
   stats = variables.get('batch_stats', {})
-  return variables['params'], {d: stats for d in dict.fromkeys((MAIN,) + tuple(domains))}
+  # A copy per domain: aliased buffers must never appear twice in a donated state.
+  return variables['params'], {d: jax.tree.map(jnp.copy, stats)
+                               for d in dict.fromkeys((MAIN,) + tuple(domains))}
 
 
 def apply_model(model, params, batch_stats: dict, x, *, train: bool, domain: str = MAIN,

@@ -91,6 +91,53 @@ def validate_slots(slots) -> Tuple[Slot, ...]:
   return slots
 
 
+def _safe_log(x):
+  """log(x) for x > 0 and a finite large negative number (with zero gradient) for x <= 0."""
+  pos = x > 1e-30
+  return jnp.where(pos, jnp.log(jnp.where(pos, x, 1.0)), _NEG)
+
+
+def _draw_stats(logits, valid, idx, draw_valid):
+  """Plackett-Luce log-probability and per-draw entropies of ordered draws, in O(C + m) memory.
+
+  Before draw ``j`` the candidates still available are ``rem_j = U + {i_j, ..., i_m}`` with
+  ``U`` the valid candidates never drawn. Hence
+
+    ``lse_j = logsumexp_{rem_j} l = logaddexp(logsumexp_U l, revcumlogsumexp(l_i)_j)``,
+
+  sums of positive terms only (no cancellation, unlike ``log(total - prefix)``), and
+  ``log p = sum_j [l_{i_j} - lse_j]``. The entropy of draw ``j``'s distribution
+  ``q_j = softmax over rem_j`` is ``H_j = lse_j - E_{q_j}[l]``; shifting logits by their maximum
+  ``M`` (``l' = l - M <= 0``; ``H_j`` is shift-invariant) makes ``E_{q_j}[-l']`` a ratio of
+  positive sums, computed in log space the same way.
+
+  Args:
+    logits: [C_max], invalid entries already set to ``_NEG``.
+    valid: [C_max] bool, the slot's first ``C_k`` candidates.
+    idx: [m_max] int, drawn candidates in order (0 where not ``draw_valid``).
+    draw_valid: [m_max] bool, the slot's first ``m_k`` draws.
+
+  Returns:
+    ``(log_prob, entropy, chosen)``: scalars, and the float 0/1 mask [C_max] of drawn candidates.
+  """
+  chosen = jnp.zeros(logits.shape, bool).at[idx].max(draw_valid)
+  unchosen = valid & ~chosen
+  shift = jax.lax.stop_gradient(jnp.max(logits))
+  lp = logits - shift                                                   # <= 0 where valid
+  drawn = jnp.where(draw_valid, lp[idx], _NEG)                          # [m_max]
+  lse = jnp.logaddexp(jax.nn.logsumexp(jnp.where(unchosen, lp, _NEG)),
+                      jax.lax.cumlogsumexp(drawn, reverse=True))
+  log_prob = jnp.sum(jnp.where(draw_valid, drawn - lse, 0.0))
+  # log sum_{rem_j} exp(l'_c) * (-l'_c), then H_j = lse_j + exp(that - lse_j).
+  log_neg = _safe_log(-lp)
+  log_b = jnp.logaddexp(jax.nn.logsumexp(jnp.where(unchosen, lp + log_neg, _NEG)),
+                        jax.lax.cumlogsumexp(jnp.where(draw_valid, drawn + log_neg[idx], _NEG),
+                                             reverse=True))
+  ent_draw = lse + jnp.exp(jnp.minimum(log_b - lse, 80.0))
+  entropy = jnp.sum(jnp.where(draw_valid, ent_draw, 0.0))
+  return log_prob, entropy, chosen.astype(jnp.float32)
+
+
 class SubnetController(nn.Module):
   """LSTM policy over subnets (EWS supplementary A).
 
@@ -170,21 +217,11 @@ class SubnetController(nn.Module):
         idx = extra.astype(jnp.int32)
       draw_valid = jnp.arange(m_max) < m_k
       idx = jnp.where(draw_valid, idx, 0)
-      onehot = jax.nn.one_hot(idx, c_max) * draw_valid[:, None]       # [m_max, C_max]
-      taken_before = jnp.cumsum(onehot, axis=0) - onehot              # exclusive cumsum
-      avail = valid[None, :] & (taken_before == 0)
-      masked = jnp.where(avail, logits[None, :], _NEG)                 # [m_max, C_max]
-      lse = jax.nn.logsumexp(masked, axis=-1)
-      # Plackett-Luce: each draw's logit minus the logsumexp over the not-yet-chosen.
-      logp = jnp.sum(jnp.where(draw_valid, logits[idx] - lse, 0.0))
-      logq = masked - lse[:, None]
-      ent_draw = -jnp.sum(jnp.where(avail, jnp.exp(logq) * logq, 0.0), axis=-1)
-      ent = jnp.sum(jnp.where(draw_valid, ent_draw, 0.0))
-      mask = jnp.sum(onehot, axis=0)
+      logp, ent, chosen = _draw_stats(logits, valid, idx, draw_valid)
       # Next input: the average embedding of the chosen candidates (supplementary A).
       rows = emb[off + idx]
       inp = jnp.sum(rows * draw_valid[:, None], axis=0) / m_k
-      return (h, c, inp), (jnp.where(draw_valid, idx, -1), mask, logp, ent)
+      return (h, c, inp), (jnp.where(draw_valid, idx, -1), chosen, logp, ent)
 
     zeros_h = jnp.zeros((self.hidden_size,), jnp.float32)
     carry = (zeros_h, zeros_h, jnp.zeros((self.embed_dim,), jnp.float32))

@@ -110,7 +110,8 @@ def _scale_one(x: jax.Array, delta: jax.Array, eps: jax.Array) -> jax.Array:
   perturbation's squared norm is
 
     ``f(s) = sum_i min(s |delta_i|, room_i)^2
-           = sum_{i: t_i <= s} room_i^2 + s^2 sum_{i: t_i > s} delta_i^2``,  ``t_i = room_i/|delta_i|``,
+           = sum_{i: t_i <= s} room_i^2 + s^2 sum_{i: t_i > s} delta_i^2``
+  with breakpoints ``t_i = room_i / |delta_i|``,
 
   which is linear in ``s^2`` between consecutive sorted breakpoints ``t_(k)`` and non-decreasing.
   With cumulative sums over the sorted breakpoints we evaluate ``f`` at every breakpoint, find

@@ -1,0 +1,102 @@
+"""The data-parallel step: 8 devices equal 1 (synchronised BN), compiles once, BN rules."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxrobust import methods, models, parallel, train
+from jaxrobust.methods.base import Context
+from tests.conftest import tiny_config
+
+
+def _setup(num_devices, sync=True, method='vanilla'):
+  config = tiny_config(sync_batch_stats=sync, method=method, weight_decay=5e-4,
+                       learning_rate=0.1, lr_schedule='constant')
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  m = methods.get(method)(config)
+  model = models.create_model('resnet_tiny', num_classes=10, affine_domains=m.affine_domains(),
+                              bn_axis_name=parallel.AXIS if sync else None)
+  tx = optax.sgd(0.1, momentum=0.9)
+  m.setup(Context(config=config, model=model, tx=tx, info=None, mesh=mesh, steps_per_epoch=10,
+                  total_steps=10))
+
+  class Info:
+    image_shape = (8, 8, 3)
+  state = train.create_train_state(config, m, model, tx, Info, jax.random.PRNGKey(0))
+  return config, mesh, m, parallel.replicate(state, mesh)
+
+
+def _batches(n, size=16):
+  rng = np.random.default_rng(0)
+  return [{'image': rng.uniform(size=(size, 8, 8, 3)).astype(np.float32),
+           'label': rng.integers(0, 10, size).astype(np.int32)} for _ in range(n)]
+
+
+def test_eight_devices_match_one_device_with_sync_bn():
+  assert len(jax.devices()) >= 8, 'conftest should simulate 8 CPU devices'
+  results = {}
+  for n in (1, 8):
+    config, mesh, m, state = _setup(n)
+    step = train.make_train_step(m, config, mesh)
+    for batch in _batches(3):
+      state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    results[n] = parallel.to_host((state.params, state.batch_stats, metrics['loss']))
+  chex.assert_trees_all_close(results[1], results[8], rtol=2e-5, atol=2e-6)
+
+
+def test_per_device_bn_statistics_are_averaged_and_differ_from_sync():
+  outs = {}
+  for sync in (True, False):
+    config, mesh, m, state = _setup(8, sync=sync)
+    step = train.make_train_step(m, config, mesh)
+    state, _ = step(state, parallel.shard_batch(_batches(1)[0], mesh))
+    outs[sync] = parallel.to_host(state.batch_stats['main'])
+  # same running mean (mean of per-device means = global mean), different variance
+  mean_sync = outs[True]['stem_bn']['mean']
+  np.testing.assert_allclose(outs[False]['stem_bn']['mean'], mean_sync, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(outs[False]['stem_bn']['var'], outs[True]['stem_bn']['var'])
+
+
+def test_step_compiles_once():
+  config, mesh, m, state = _setup(2)
+  m.train_step = chex.assert_max_traces(m.train_step, n=1)
+  step = train.make_train_step(m, config, mesh)
+  for batch in _batches(4):
+    state, _ = step(state, parallel.shard_batch(batch, mesh))
+  assert int(state.step) == 4
+
+
+def test_step_updates_only_main_statistics():
+  config, mesh, m, state = _setup(2)
+  stats = dict(state.batch_stats)
+  stats['aux'] = jax.tree.map(jnp.copy, stats['main'])  # never alias donated buffers
+  state = state.replace(batch_stats=stats)
+  before = parallel.to_host(state.batch_stats)
+  step = train.make_train_step(m, config, mesh)
+  state, _ = step(state, parallel.shard_batch(_batches(1)[0], mesh))
+  after = parallel.to_host(state.batch_stats)
+  chex.assert_trees_all_equal(before['aux'], after['aux'])
+  assert not np.allclose(before['main']['stem_bn']['mean'], after['main']['stem_bn']['mean'])
+
+
+def test_batch_size_must_divide_devices():
+  mesh = parallel.make_mesh(jax.devices()[:8])
+  with pytest.raises(ValueError, match='multiple of the number of devices \\(8\\)'):
+    parallel.check_batch_size(100, mesh)
+  assert parallel.check_batch_size(128, mesh) == 16
+
+
+def test_skip_nonfinite_policy_keeps_the_state():
+  config, mesh, m, state = _setup(2)
+  config.nonfinite = 'skip'
+  step = train.make_train_step(m, config, mesh)
+  batch = _batches(1)[0]
+  batch['image'][0, 0, 0, 0] = np.nan
+  before = parallel.to_host(state.params)
+  state, metrics = step(state, parallel.shard_batch(batch, mesh))
+  assert float(metrics['finite']) == 0.0 and int(state.step) == 1
+  chex.assert_trees_all_equal(before, parallel.to_host(state.params))
+  assert np.isnan(float(jnp.asarray(metrics['loss'])))
