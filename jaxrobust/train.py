@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from jax.sharding import PartitionSpec as P
 
 from jaxrobust import checkpointing, data, methods, models, optim, parallel
@@ -35,28 +34,76 @@ class NonFiniteError(FloatingPointError):
 # ----------------------------------------------------------------------------- validation
 
 
+def _check_number(config, key: str, *, low=None, high=None, low_open=False, high_open=False,
+                  integer=False, default=None) -> None:
+  """ValueError unless ``config[key]`` is a number in the given range (names the range)."""
+  value = config.get(key, default)
+  if value is None:
+    return
+  ok_type = (isinstance(value, int) if integer else isinstance(value, (int, float)))
+  if isinstance(value, bool) or not ok_type:
+    raise ValueError(f'{key}={value!r} must be {"an integer" if integer else "a number"}.')
+  too_low = low is not None and (value <= low if low_open else value < low)
+  too_high = high is not None and (value >= high if high_open else value > high)
+  if too_low or too_high or value != value:  # value != value: NaN
+    lo = '' if low is None else f'{"(" if low_open else "["}{low}'
+    hi = '' if high is None else f'{high}{")" if high_open else "]"}'
+    allowed = (f'{lo}, {hi}' if lo and hi else
+               f'{">" if low_open else ">="} {low}' if lo else f'{"<" if high_open else "<="} {high}')
+    raise ValueError(f'{key}={value!r} is out of range; allowed: {allowed}.')
+
+
+def _check_choice(config, key: str, allowed, default) -> None:
+  value = config.get(key, default)
+  if value not in allowed:
+    raise ValueError(f'Unknown {key} {value!r}; valid: {", ".join(map(str, allowed))}.')
+
+
 def validate_config(config) -> None:
-  """Checks names and values that need no data, so bad input fails before anything is built."""
-  methods.get(config.method)                      # ValueError listing valid methods
+  """Checks names and values that need no data, so bad input fails before anything is built.
+
+  Covers the loop's own keys (names, ranges) and the method's :meth:`Method.validate` (eps < 0,
+  unknown attack presets, ...). Data-dependent checks (dataset contents, batch size versus
+  device count and dataset size) follow in :func:`build`, still before anything is compiled.
+
+  Raises:
+    ValueError: naming the bad key and value and what is allowed.
+  """
   models.architecture(config.model)               # ValueError listing valid models
-  if config.get('optimizer', 'sgd') not in optim.OPTIMIZERS:
-    raise ValueError(f'Unknown optimizer {config.optimizer!r}; valid: {", ".join(optim.OPTIMIZERS)}.')
-  if config.get('lr_schedule', 'cosine') not in optim.SCHEDULES:
-    raise ValueError(f'Unknown lr_schedule {config.lr_schedule!r}; valid: '
-                     f'{", ".join(optim.SCHEDULES)}.')
+  method_cls = methods.get(config.method)         # ValueError listing valid methods
+  _check_choice(config, 'optimizer', optim.OPTIMIZERS, 'sgd')
+  _check_choice(config, 'lr_schedule', optim.SCHEDULES, 'cosine')
+  _check_choice(config, 'nonfinite', NONFINITE_POLICIES, 'stop')
+  _check_choice(config, 'stem', ('auto', 'cifar', 'imagenet'), 'auto')
+  _check_choice(config, 'augment', ('auto',) + data.AUGMENTATIONS, 'auto')
   for key in ('batch_size', 'eval_batch_size'):
-    if int(config.get(key, 1)) <= 0:
-      raise ValueError(f'{key} must be positive, got {config.get(key)}.')
-  if config.num_epochs <= 0:
-    raise ValueError(f'num_epochs must be positive, got {config.num_epochs}.')
-  if config.learning_rate < 0:
-    raise ValueError(f'learning_rate must be >= 0, got {config.learning_rate}.')
-  if config.get('nonfinite', 'stop') not in NONFINITE_POLICIES:
-    raise ValueError(f'Unknown nonfinite policy {config.nonfinite!r}; valid: '
-                     f'{", ".join(NONFINITE_POLICIES)}.')
+    _check_number(config, key, low=0, low_open=True, integer=True, default=1)
+  _check_number(config, 'num_epochs', low=0, low_open=True)
+  _check_number(config, 'learning_rate', low=0)
+  _check_number(config, 'weight_decay', low=0)
+  _check_number(config, 'momentum', low=0, high=1, high_open=True)
+  _check_number(config, 'label_smoothing', low=0, high=1, high_open=True)
+  _check_number(config, 'dropout_rate', low=0, high=1, high_open=True)
+  _check_number(config, 'bn_momentum', low=0, high=1)
+  _check_number(config, 'warmup_epochs', low=0)
+  _check_number(config, 'lr_decay_factor', low=0, low_open=True)
+  _check_number(config, 'grad_clip_norm', low=0)
+  _check_number(config, 'eval_every_epochs', low=0)
+  _check_number(config, 'image_size', low=0, integer=True)
+  _check_number(config, 'max_eval_examples', low=0, integer=True)
+  _check_number(config, 'checkpoint_every_steps', low=0, integer=True)
+  _check_number(config, 'log_every_steps', low=0, integer=True)
+  _check_number(config, 'keep_checkpoints', low=1, integer=True)
+  _check_number(config, 'seed', integer=True)
+  boundaries = config.get('lr_boundaries', ()) or ()
+  if any(isinstance(b, bool) or not isinstance(b, (int, float)) or b < 0 for b in boundaries):
+    raise ValueError(f'lr_boundaries={tuple(boundaries)!r}: allowed a tuple of epochs >= 0.')
   dataset = config.dataset
-  if not (dataset == 'digits' or dataset.startswith('folder:') or dataset.strip()):
-    raise ValueError('dataset must be digits, folder:/path or a TFDS name.')
+  if not isinstance(dataset, str) or not dataset.strip() or dataset.strip() == 'folder:':
+    raise ValueError(f'dataset={dataset!r}: allowed digits, folder:/path/to/images '
+                     f'(<split>/<label>/*.jpg) or a TFDS name such as '
+                     f'{", ".join(data.KNOWN_TFDS)}.')
+  method_cls(config)                              # the method's own validate()
 
 
 # ----------------------------------------------------------------------------- setup
@@ -94,8 +141,29 @@ def create_train_state(config, method, model, tx, info, rng) -> TrainState:
                     batch_stats=batch_stats, rng=run_rng, extras=extras)
 
 
+INTERNAL_METRICS = ('finite', 'state_finite')  # step flags, not logged as training metrics
+
+
+def _all_finite(tree) -> jax.Array:
+  """True iff every floating-point leaf of ``tree`` is free of NaN/Inf."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+@jax.jit
+def _state_is_finite(state) -> jax.Array:
+  return _all_finite((state.params, state.opt_state, state.batch_stats))
+
+
 def make_train_step(method, config, mesh):
-  """``jit(shard_map(step))``: state replicated and donated, batch sharded over ``'batch'``."""
+  """``jit(shard_map(step))``: state replicated and donated, batch sharded over ``'batch'``.
+
+  Besides the method's metrics the step returns ``finite`` (1.0 iff every metric and every
+  float of the new params/opt_state/batch_stats is finite) and ``state_finite`` (the latter
+  alone). With ``config.nonfinite='skip'`` a non-finite update is dropped: the state keeps its
+  previous values and only ``step`` advances.
+  """
   sync = config.get('sync_batch_stats', False)
   skip_nonfinite = config.get('nonfinite', 'stop') == 'skip'
 
@@ -106,11 +174,17 @@ def make_train_step(method, config, mesh):
     if not sync:  # per-device batch statistics; keep one (averaged) copy of the running ones
       new_state = new_state.replace(batch_stats=parallel.pmean(new_state.batch_stats))
     metrics = parallel.pmean(metrics)
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+    metrics_finite = _all_finite(metrics)
+    # A finite loss can still come with an overflowing gradient/update: check what gets saved.
+    state_finite = jax.lax.pmin(_all_finite(
+        (new_state.params, new_state.opt_state, new_state.batch_stats)).astype(jnp.int32),
+                                parallel.AXIS) > 0
+    finite = jnp.logical_and(metrics_finite, state_finite)
     if skip_nonfinite:  # drop the update, keep counting steps
       new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state,
                                state.replace(step=state.step + 1))
     metrics['finite'] = finite.astype(jnp.float32)
+    metrics['state_finite'] = state_finite.astype(jnp.float32)
     return new_state, metrics
 
   return parallel.spmd(body, mesh, in_specs=(P(), P(parallel.AXIS)), out_specs=(P(), P()),
@@ -124,6 +198,8 @@ class MetricsLog:
   """clu writers (TensorBoard + console) and a JSON-lines file, written by process 0."""
 
   def __init__(self, workdir: str):
+    # imported here: clu pulls in TensorFlow (seconds), which validate_config must not wait for
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
     self.primary = jax.process_index() == 0
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.primary, asynchronous=False)
@@ -147,20 +223,58 @@ def _format_eta(seconds: float) -> str:
   return f'{h}h{rem // 60:02d}m' if h else f'{rem // 60}m{rem % 60:02d}s'
 
 
-def _config_dump(config, workdir) -> None:
-  """Writes config.json; on resume warns about every key whose value changed."""
-  path = os.path.join(workdir, 'config.json')
+def _flatten_config(tree: dict, prefix: str = '') -> dict:
+  """``{'a': {'b': 1}}`` -> ``{'a.b': 1}`` (nested ConfigDicts compare key by key)."""
+  out = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict) and value:
+      out.update(_flatten_config(value, name + '.'))
+    else:
+      out[name] = value
+  return out
+
+
+def config_changes(config, workdir) -> tuple[dict, list]:
+  """Compares ``config`` with the ``config.json`` a previous run left in ``workdir``.
+
+  Returns:
+    ``(current, changes)``: the config as JSON-able dict, and ``[(key, old, new), ...]`` for
+    every (dotted, nested) key whose value differs; ``'<unset>'`` stands for a missing key.
+  """
   current = json.loads(config.to_json_best_effort())
-  if os.path.exists(path):
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return current, []
+  try:
     with open(path) as f:
       previous = json.load(f)
-    for key in sorted(set(previous) | set(current)):
-      if previous.get(key, '<unset>') != current.get(key, '<unset>'):
-        logging.warning('Resuming with a changed config: %s was %r, now %r.', key,
-                        previous.get(key, '<unset>'), current.get(key, '<unset>'))
+  except (OSError, ValueError) as e:
+    logging.warning('Cannot read the previous %s (%s); not comparing configs.', path, e)
+    return current, []
+  old, new = _flatten_config(previous), _flatten_config(current)
+  changes = [(k, old.get(k, '<unset>'), new.get(k, '<unset>')) for k in sorted(set(old) | set(new))
+             if old.get(k, '<unset>') != new.get(k, '<unset>')]
+  return current, changes
+
+
+def _write_config(current: dict, workdir: str) -> None:
   if jax.process_index() == 0:
-    with open(path, 'w') as f:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
       json.dump(current, f, indent=2, sort_keys=True)
+
+
+def _config_dump(config, workdir) -> list:
+  """Writes config.json; if one exists, warns about every key whose value changed.
+
+  Returns:
+    The changes, as :func:`config_changes` returns them.
+  """
+  current, changes = config_changes(config, workdir)
+  for key, old, new in changes:
+    logging.warning('Resuming with a changed config: %s was %r, now %r.', key, old, new)
+  _write_config(current, workdir)
+  return changes
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -177,7 +291,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_time = time.time()
   info, method, model, tx, mesh, steps_per_epoch = build(config, mesh)
   os.makedirs(workdir, exist_ok=True)
-  _config_dump(config, workdir)
+  current_config, config_diff = config_changes(config, workdir)
+  for key, old, new in config_diff:
+    logging.warning('Resuming with a changed config: %s was %r, now %r.', key, old, new)
   total_steps = int(config.num_epochs * steps_per_epoch)
   logging.info('%s on %s: %s, %d devices (%d processes), %d steps of %d images.',
                config.method, info.name, config.model, mesh.devices.size, jax.process_count(),
@@ -203,7 +319,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   del host_state
 
   ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.get('keep_checkpoints', 3))
-  restored, restored_step = ckpt.restore(state)
+  try:
+    restored, restored_step = ckpt.restore(state)
+  except checkpointing.CheckpointMismatchError as e:
+    ckpt.close()
+    if config_diff:
+      raise checkpointing.CheckpointMismatchError(
+          f'{e} Its config.json differs from this run in: ' + ', '.join(
+              f'{k} ({old!r} -> {new!r})' for k, old, new in config_diff[:8]) +
+          (' ...' if len(config_diff) > 8 else '') + '.') from None
+    raise
+  # config.json describes the checkpoints: written once they are known to match this config.
+  _write_config(current_config, workdir)
   if restored is not None:
     state = restored
     logging.info('Resumed from the checkpoint at step %d.', restored_step)
@@ -214,7 +341,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   train_step = make_train_step(method, config, mesh)
   eval_steps = {d: clean.make_eval_step(model, mesh, domain=d) for d in method.eval_domains()}
   log = MetricsLog(workdir)
-  preemption = checkpointing.PreemptionHandler()
+  # multi-process runs agree on a stop every 10 steps, keeping the collective off most steps
+  preemption = checkpointing.PreemptionHandler(sync_every_steps=10)
   hooks = method.hooks()
 
   def run_eval(step):
@@ -234,11 +362,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   def check_finite(pending):
     for s, m in pending:
       if float(m['finite']) < 1.0:
-        bad = [k for k, v in m.items() if k != 'finite' and not np.all(np.isfinite(v))]
+        bad = [k for k, v in m.items() if k not in INTERNAL_METRICS and not np.all(np.isfinite(v))]
+        if float(m.get('state_finite', 1.0)) < 1.0:
+          bad.append('parameters/optimizer state after the update (gradient overflow)')
         raise NonFiniteError(
             f'Non-finite {", ".join(bad) or "metric"} at step {s + 1} (update {s}); stopping. '
             f'The last good checkpoint in {ckpt.directory} (steps {ckpt.all_steps()}) is intact. '
             'Lower the learning rate, or set config.nonfinite="skip" to skip such updates.')
+
+  def save(step_done):
+    # The step's own check covers the update; this one covers hooks, so that a checkpoint is
+    # never written from a NaN/Inf state.
+    if not bool(parallel.to_host(_state_is_finite(state))):
+      raise NonFiniteError(
+          f'Non-finite parameters/optimizer state at step {step_done} (after a method hook); '
+          f'not saving it. The last good checkpoint in {ckpt.directory} '
+          f'(steps {ckpt.all_steps()}) is intact.')
+    ckpt.save(step_done, state)
 
   log_every = max(1, config.get('log_every_steps', 50))
   ckpt_every = config.get('checkpoint_every_steps', 0) or steps_per_epoch
@@ -268,7 +408,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
           check_finite(pending)
         skipped += sum(1 for _, m in pending if float(m['finite']) < 1.0)
         means = {k: float(np.mean([m[k] for _, m in pending])) for k in pending[-1][1]
-                 if k != 'finite'}
+                 if k not in INTERNAL_METRICS}
         elapsed = time.time() - window_start
         rate = (done - window_step) * config.batch_size / max(elapsed, 1e-9)
         means.update(images_per_sec=rate, learning_rate=float(
@@ -282,9 +422,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if done % eval_every == 0 and done != total_steps:
         eval_results = run_eval(done)
       if at_ckpt or stop:
-        ckpt.save(done, state)
+        save(done)
       if stop:
-        stopped_by = preemption.signal_name
+        stopped_by = preemption.signal_name or 'stop request'
         logging.warning('Received %s: saved the checkpoint at step %d; exiting. Run the same '
                         'command again to resume.', stopped_by, done)
         break
@@ -292,7 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       done = total_steps
     if stopped_by is None:
       if done != start_step or not ckpt.all_steps():
-        ckpt.save(done, state)
+        save(done)
       eval_results = run_eval(done)
   finally:
     ckpt.close()

@@ -205,7 +205,10 @@ def _tfds_info(config, name, size) -> DatasetInfo:
   big = shape[0] is None or shape[0] > 64
   size = size or (224 if big else shape[0])
   c = shape[2] or 3
-  splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+  splits = {k: v.num_examples for k, v in builder.info.splits.items()} or _count_splits(
+      name, config.get('data_dir') or None)
+  if not splits:
+    raise ValueError(f'TFDS dataset {name!r} has no readable splits.')
   eval_split = config.get('eval_split', '') or next(
       s for s in ('test', 'validation', 'train') if s in splits)
   train_split = config.get('train_split', '') or next(s for s in ('train', 'test') if s in splits)
@@ -213,6 +216,21 @@ def _tfds_info(config, name, size) -> DatasetInfo:
   return DatasetInfo(name, 'tfds', num_classes, (size, size, c), splits, train_split, eval_split,
                      mean, std, 'imagenet' if big else 'cifar', in_memory=not big,
                      class_names=tuple(getattr(features['label'], 'names', ()) or ()))
+
+
+def _count_splits(name, data_dir) -> dict:
+  """Split sizes by reading them (when the builder's metadata has none, e.g. mocked data)."""
+  tf = _tf()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  sizes = {}
+  for split in ('train', 'test', 'validation'):
+    try:
+      ds = tfds.load(name, split=split, data_dir=data_dir)
+    except Exception:  # pylint: disable=broad-except
+      continue
+    n = int(ds.cardinality())
+    sizes[split] = n if n >= 0 else int(ds.reduce(tf.constant(0, tf.int64), lambda c, _: c + 1))
+  return sizes
 
 
 def _moments(images):

@@ -1,0 +1,398 @@
+"""Evaluation suites over a trained run: clean, corruptions, attacks, epsilon*, frequency.
+
+Library use (e.g. from Colab)::
+
+    from jaxrobust.evaluation import runner
+    run = runner.load_run('/tmp/vanilla_small')
+    report = runner.run_suites(run, ['clean', 'corruptions', 'pgd'], out_dir='/tmp/report')
+
+Command line: ``python -m jaxrobust.evaluate --workdir=... --suite=clean,corruptions,pgd``.
+
+Every suite runs on all devices (global arrays sharded over the batch; jitted functions are
+partitioned by XLA), evaluates the model in eval mode with the BN domain ``run.domain`` and
+never changes any statistics. Corrupted and adversarial images are made on device.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Iterable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from jaxrobust import attacks, corruptions, data, models, parallel
+from jaxrobust.evaluation import clean, frequency, metrics, noise_robustness, plots
+
+SUITES = ('clean', 'corruptions', 'tfds_corruptions', 'pgd', 'apgd', 'eps_star', 'frequency')
+
+# Attacks of the 'pgd' suite (L-inf, 8/255 unless the name says otherwise), weakest first.
+PGD_SUITE = ('fgsm', 'ifgsm10', 'pgd20')
+EPS_CURVE = (1 / 255, 2 / 255, 4 / 255, 8 / 255)
+
+
+@dataclasses.dataclass
+class Run:
+  """A restored run: what every suite needs."""
+  config: Any
+  info: Any
+  model: Any
+  mesh: Any
+  params: Any
+  batch_stats: dict
+  step: int
+  domain: str = models.MAIN
+  workdir: str = ''
+  eval_source: Any = None
+
+  def logits_fn(self, x):
+    """Pure eval-mode logits on ``self.domain``'s BatchNorm (running statistics untouched)."""
+    out, _ = models.apply_model(self.model, self.params, self.batch_stats, x, train=False,
+                                domain=self.domain)
+    return out
+
+  def batches(self, max_examples: Optional[int] = None, batch_size: Optional[int] = None):
+    """Eval-split batches as global arrays: {'image', 'label', 'mask'}."""
+    bs = batch_size or self.config.eval_batch_size
+    for b in data.eval_iterator(self.info, global_batch_size=bs, source=self.eval_source,
+                                data_dir=self.config.get('data_dir') or None,
+                                max_examples=max_examples, process_index=jax.process_index(),
+                                process_count=jax.process_count()):
+      yield parallel.shard_batch(b, self.mesh)
+
+
+def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = models.MAIN,
+             mesh=None) -> Run:
+  """Restores the newest checkpoint of ``workdir`` with the config it was trained with.
+
+  Args:
+    workdir: a training workdir (holds config.json and checkpoints/).
+    overrides: config keys to change, e.g. ``{'dataset': 'folder:/data/cifar10'}``.
+    domain: BN domain to evaluate with (``'aux'`` for MixProp/AdvProp's auxiliary BN).
+    mesh: device mesh (default: every device).
+  """
+  from jaxrobust import checkpointing, train  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'{workdir!r} is not a training workdir: no config.json.')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  for key, value in (overrides or {}).items():
+    config[key] = value
+  info, method, model, tx, mesh, _ = train.build(config, mesh)
+  target = parallel.replicate(train.create_train_state(config, method, model, tx, info,
+                                                       jax.random.PRNGKey(0)), mesh)
+  ckpt = checkpointing.Checkpointer(workdir)
+  state, step = ckpt.restore(target)
+  ckpt.close()
+  if state is None:
+    raise ValueError(f'No checkpoint in {workdir}/checkpoints.')
+  if domain not in state.batch_stats:
+    raise ValueError(f'Domain {domain!r} not in this run; it has {sorted(state.batch_stats)}.')
+  source = data.InMemorySource(info, info.eval_split, config.get('data_dir') or None) \
+      if info.in_memory else None
+  return Run(config, info, model, mesh, state.params, state.batch_stats, int(step), domain,
+             workdir, source)
+
+
+# ----------------------------------------------------------------------------- suites
+
+
+def _counts_fn(run: Run, transform=None):
+  """jit: (x, y, mask, rng) -> (correct top-1 count, count) after an optional transform."""
+  @jax.jit
+  def fn(x, y, mask, rng):
+    if transform is not None:
+      x = transform(x, rng)
+    logits = run.logits_fn(x)
+    return jnp.sum((jnp.argmax(logits, -1) == y) * mask), jnp.sum(mask)
+  return fn
+
+
+def _accuracy(fn, batches, rng) -> float:
+  correct = total = 0.0
+  for i, b in enumerate(batches):
+    c, n = fn(b['image'], b['label'], b['mask'], jax.random.fold_in(rng, i))
+    correct, total = correct + float(c), total + float(n)
+  return correct / max(total, 1.0)
+
+
+def clean_suite(run: Run, max_examples=None) -> dict:
+  step = clean.make_eval_step(run.model, run.mesh, domain=run.domain)
+  host = data.eval_iterator(run.info, global_batch_size=run.config.eval_batch_size,
+                            source=run.eval_source, max_examples=max_examples)
+  return clean.evaluate(step, run.params, run.batch_stats, host, run.mesh)
+
+
+def corruption_suite(run: Run, names: Sequence[str] = corruptions.ALL,
+                     severities: Sequence[int] = (1, 2, 3, 4, 5), max_examples=None,
+                     seed: int = 0) -> dict:
+  """Top-1 error for every corruption x severity, corrupting the eval split on device.
+
+  Returns: ``{'errors': {name: {severity: error}}}``.
+  """
+  for name in names:
+    corruptions.get(name)  # ValueError listing valid names
+  model_fn = _counts_fn(run)
+  batches = list(run.batches(max_examples))  # the same images for every corruption
+  errors = {}
+  for name in names:
+    errors[name] = {}
+    for s in severities:
+      corrupt = jax.jit(functools.partial(corruptions.corrupt, name=name, severity=s))
+      correct = total = 0.0
+      for i, b in enumerate(batches):
+        rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+        c, n = model_fn(corrupt(b['image'], rng=rng), b['label'], b['mask'], rng)
+        correct, total = correct + float(c), total + float(n)
+      errors[name][s] = 1.0 - correct / max(total, 1.0)
+    logging.info('corruption %s: errors %s', name,
+                 ' '.join(f'{errors[name][s]:.3f}' for s in severities))
+  return {'errors': errors}
+
+
+def tfds_corruption_suite(run: Run, names: Sequence[str] = corruptions.STANDARD,
+                          severities: Sequence[int] = (1, 2, 3, 4, 5), max_examples=None,
+                          dataset: str = 'cifar10_corrupted') -> dict:
+  """The official pre-computed sets (TFDS ``cifar10_corrupted``/``imagenet2012_corrupted``).
+
+  Each ``<dataset>/<name>_<severity>`` config is read with the same pipeline and scored with the
+  same model function as the on-the-fly corruptions.
+  """
+  from jaxrobust import train  # pylint: disable=g-import-not-at-top
+  model_fn = _counts_fn(run)
+  errors = {}
+  for name in names:
+    errors[name] = {}
+    for s in severities:
+      cfg = ml_collections.ConfigDict(run.config.to_dict())
+      cfg.dataset, cfg.eval_split, cfg.train_split, cfg.image_size = (
+          f'{dataset}/{name}_{s}', 'test' if 'cifar' in dataset else 'validation',
+          'test' if 'cifar' in dataset else 'validation', run.info.image_shape[0])
+      train.validate_config(cfg)
+      info = data.get_info(cfg)
+      host = data.eval_iterator(info, global_batch_size=run.config.eval_batch_size,
+                                max_examples=max_examples, data_dir=cfg.get('data_dir') or None)
+      gb = (parallel.shard_batch(b, run.mesh) for b in host)
+      errors[name][s] = 1.0 - _accuracy(model_fn, gb, jax.random.PRNGKey(0))
+  return {'errors': errors, 'dataset': dataset}
+
+
+def attack_suite(run: Run, names: Sequence[str] = PGD_SUITE, max_examples: int = 500,
+                 eps_curve: Sequence[float] = EPS_CURVE, curve_attack: str = 'pgd20',
+                 seed: int = 0) -> dict:
+  """Robust top-1 accuracy under attack presets, and accuracy vs eps for one attack.
+
+  Attacks see the eval-mode model (``run.logits_fn``), so crafting never touches statistics.
+  """
+  batches = list(run.batches(max_examples))
+  out = {'clean': _accuracy(_counts_fn(run), batches, jax.random.PRNGKey(seed))}
+
+  def attacked(preset: str, **overrides):
+    kwargs = {**attacks.presets.attack_kwargs(preset), **overrides}
+    attack = attacks.get(attacks.presets.get(preset)['attack'])
+    return _attack_counts(run, attack, kwargs)
+
+  for name in names:
+    out[name] = _accuracy(attacked(name), batches, jax.random.PRNGKey(seed))
+    logging.info('attack %s: robust accuracy %.4f', name, out[name])
+  curve = []
+  for eps in eps_curve:
+    fn = attacked(curve_attack, eps=eps, step_size=eps / 4)  # pgd20 at 8/255 uses 2/255
+    curve.append(_accuracy(fn, batches, jax.random.PRNGKey(seed)))
+  out['curve'] = {'attack': curve_attack, 'eps': list(eps_curve), 'accuracy': curve}
+  return out
+
+
+def _attack_counts(run: Run, attack, kwargs):
+  @jax.jit
+  def fn(x, y, mask, rng):
+    x_adv = attack(run.logits_fn, x, y, rng, **kwargs)
+    logits = run.logits_fn(x_adv)
+    return jnp.sum((jnp.argmax(logits, -1) == y) * mask), jnp.sum(mask)
+  return fn
+
+
+def apgd_suite(run: Run, max_examples: int = 500, num_steps: int = 100,
+               num_target_classes: int = 3, seed: int = 0) -> dict:
+  """APGD-CE and APGD-T (L-inf 8/255), reported as such (not as AutoAttack)."""
+  batches = list(run.batches(max_examples))
+  out = {}
+  for name, kwargs in (('apgd_ce', {}), ('apgd_t', {'num_target_classes': num_target_classes})):
+    fn = _attack_counts(run, attacks.get(name), dict(eps=8 / 255, num_steps=num_steps, **kwargs))
+    out[name] = _accuracy(fn, batches, jax.random.PRNGKey(seed))
+    logging.info('attack %s: robust accuracy %.4f', name, out[name])
+  out['settings'] = {'eps': 8 / 255, 'num_steps': num_steps,
+                     'apgd_t_num_target_classes': num_target_classes}
+  return out
+
+
+def eps_star_suite(run: Run, noises: Sequence[str] = ('gaussian', 'uniform'),
+                   max_examples: int = 500, seed: int = 0) -> dict:
+  """Median minimal L2 perturbation epsilon* along random noise directions."""
+  out = {}
+  for noise in noises:
+    res = noise_robustness.median_eps_star(run.logits_fn, run.batches(max_examples),
+                                           jax.random.PRNGKey(seed), noise=noise)
+    out[noise] = {k: v for k, v in res.items() if k != 'per_image'}
+    logging.info('eps* (%s): %.4f', noise, res['eps_star'])
+  return out
+
+
+def frequency_suite(run: Run, max_examples: int = 200, stride: int = 1, seed: int = 0) -> dict:
+  h = run.info.image_shape[0]
+  res = frequency.fourier_heat_map(run.logits_fn, run.batches(max_examples, batch_size=100),
+                                   jax.random.PRNGKey(seed), stride=stride,
+                                   norm=frequency.DEFAULT_NORMS['cifar' if h <= 64 else 'imagenet'])
+  return {'map': np.asarray(res['map']).tolist(), 'clean_error': res['clean_error'],
+          'norm': res['norm'], 'num_images': res['num_images']}
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None,
+               max_examples: Optional[int] = None, attack_examples: int = 500,
+               corruption_names: Sequence[str] = corruptions.ALL,
+               baseline_errors: Optional[str] = None, apgd_steps: int = 100) -> dict:
+  """Runs the named suites and writes report.json, CSVs, summary.md and plots to ``out_dir``.
+
+  Args:
+    run: from :func:`load_run`.
+    suites: names from SUITES.
+    out_dir: where to write (default ``<workdir>/eval_<domain>``).
+    max_examples: eval examples for clean/corruption suites (None = the whole split).
+    attack_examples: examples for attacks, epsilon* and (at most 200) the frequency map.
+    corruption_names: corruptions of the corruption suite.
+    baseline_errors: JSON of a baseline run's corruption errors for normalised CE/mCE (CIFAR,
+      as in the Auxiliary Training paper's Eq. 8); default AlexNet's ImageNet-C errors, which
+      are only meaningful for ImageNet.
+    apgd_steps: iterations of APGD-CE/APGD-T.
+  """
+  unknown = [s for s in suites if s not in SUITES]
+  if unknown:
+    raise ValueError(f'Unknown suite(s) {unknown}; valid: {", ".join(SUITES)}.')
+  out_dir = out_dir or os.path.join(run.workdir, f'eval_{run.domain}')
+  os.makedirs(out_dir, exist_ok=True)
+  report = {'workdir': run.workdir, 'step': run.step, 'domain': run.domain,
+            'model': run.config.model, 'method': run.config.method, 'dataset': run.info.name,
+            'devices': run.mesh.devices.size, 'timings_s': {}}
+  for suite in suites:
+    start = time.time()
+    if suite == 'clean':
+      report['clean'] = clean_suite(run, max_examples)
+    elif suite in ('corruptions', 'tfds_corruptions'):
+      fn = corruption_suite if suite == 'corruptions' else tfds_corruption_suite
+      res = fn(run, names=corruption_names if suite == 'corruptions' else
+               [n for n in corruption_names if n in corruptions.ALL], max_examples=max_examples)
+      clean_err = 1.0 - report['clean']['top1'] if 'clean' in report else None
+      baseline = baseline_errors if baseline_errors else (
+          'alexnet' if run.info.image_shape[0] > 64 else None)
+      res['summary'] = metrics.corruption_summary(
+          {k: v for k, v in res['errors'].items() if k in corruptions.ALL}, clean_error=clean_err,
+          baseline=baseline)
+      report[suite] = res
+    elif suite == 'pgd':
+      report['pgd'] = attack_suite(run, max_examples=attack_examples)
+    elif suite == 'apgd':
+      report['apgd'] = apgd_suite(run, max_examples=attack_examples, num_steps=apgd_steps)
+    elif suite == 'eps_star':
+      report['eps_star'] = eps_star_suite(run, max_examples=attack_examples)
+    elif suite == 'frequency':
+      report['frequency'] = frequency_suite(run, max_examples=min(200, attack_examples))
+    report['timings_s'][suite] = time.time() - start
+    logging.info('suite %s done in %.1fs', suite, report['timings_s'][suite])
+  write_report(report, out_dir)
+  return report
+
+
+def _json_default(o):
+  if isinstance(o, (np.floating, np.integer)):
+    return o.item()
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  return str(o)
+
+
+def write_report(report: dict, out_dir: str) -> None:
+  """report.json, one CSV per table, summary.md and PNG plots."""
+  with open(os.path.join(out_dir, 'report.json'), 'w') as f:
+    json.dump(report, f, indent=1, default=_json_default)
+  lines = [f'# Evaluation of `{report["workdir"]}`', '',
+           f'{report["method"]} / {report["model"]} on {report["dataset"]}, step {report["step"]}, '
+           f'BN domain `{report["domain"]}`, {report["devices"]} device(s).', '']
+  if 'clean' in report:
+    c = report['clean']
+    lines += ['## Clean', '', '| top-1 | top-5 | loss | examples |', '|---|---|---|---|',
+              f'| {100 * c["top1"]:.2f}% | {100 * c["top5"]:.2f}% | {c["loss"]:.4f} | '
+              f'{c["count"]} |', '']
+  for suite in ('corruptions', 'tfds_corruptions'):
+    if suite not in report:
+      continue
+    errors = report[suite]['errors']
+    sevs = sorted({int(s) for e in errors.values() for s in e})
+    csv = ['corruption,' + ','.join(f'severity{s}' for s in sevs) + ',mean']
+    md = ['## Corruption error (%, top-1)' + (' — official TFDS sets' if suite != 'corruptions'
+                                              else ' — on-the-fly JAX corruptions'), '',
+          '| corruption | ' + ' | '.join(f's{s}' for s in sevs) + ' | mean |',
+          '|---' * (len(sevs) + 2) + '|']
+    for name, per in errors.items():
+      vals = [per[s] if s in per else per[str(s)] for s in sevs]
+      csv.append(f'{name},' + ','.join(f'{v:.4f}' for v in vals) + f',{np.mean(vals):.4f}')
+      md.append(f'| {name} | ' + ' | '.join(f'{100 * v:.1f}' for v in vals) +
+                f' | {100 * np.mean(vals):.1f} |')
+    means = [np.mean([per.get(s, per.get(str(s))) for per in errors.values()]) for s in sevs]
+    md.append('| **mean** | ' + ' | '.join(f'**{100 * v:.1f}**' for v in means) +
+              f' | **{100 * np.mean(means):.1f}** |')
+    summary = report[suite].get('summary', {})
+    keys = [k for k in summary if '/' not in k]
+    md += ['', 'Summary (unnormalised numbers are plain mean errors/accuracies; `*_normalized` '
+           'are CE ratios to the baseline — AlexNet for ImageNet-C, or a baseline run):', '']
+    md += [f'- {k}: {summary[k]:.4f}' for k in keys] + ['']
+    with open(os.path.join(out_dir, f'{suite}.csv'), 'w') as f:
+      f.write('\n'.join(csv) + '\n')
+    lines += md
+    per_corruption = {n: 100 * np.mean(list(p.values())) for n, p in errors.items()}
+    plots.plot_corruption_errors(per_corruption, os.path.join(out_dir, f'{suite}_bar.png'))
+    plots.plot_error_vs_severity(
+        {n: {int(s): 100 * v for s, v in p.items()} for n, p in errors.items()},
+        os.path.join(out_dir, f'{suite}_severity.png'))
+  if 'pgd' in report or 'apgd' in report:
+    rows = [('clean', report.get('pgd', {}).get('clean'))]
+    rows += [(k, v) for k, v in report.get('pgd', {}).items() if k not in ('clean', 'curve')]
+    rows += [(k, v) for k, v in report.get('apgd', {}).items() if k != 'settings']
+    lines += ['## Adversarial robustness (L-inf, eps 8/255 unless stated)', '',
+              '| attack | accuracy |', '|---|---|']
+    lines += [f'| {k} | {100 * v:.2f}% |' for k, v in rows if v is not None] + ['']
+    with open(os.path.join(out_dir, 'attacks.csv'), 'w') as f:
+      f.write('attack,accuracy\n' + ''.join(f'{k},{v:.4f}\n' for k, v in rows if v is not None))
+    if 'pgd' in report:
+      curve = report['pgd']['curve']
+      eps255 = [e * 255 for e in curve['eps']]
+      lines += [f'{curve["attack"]} accuracy vs eps (x/255): ' + ', '.join(
+          f'{e:g}: {100 * a:.1f}%' for e, a in zip(eps255, curve['accuracy'])), '']
+      plots.plot_accuracy_vs_eps({curve['attack']: (eps255, [100 * a for a in curve['accuracy']])},
+                                 os.path.join(out_dir, 'accuracy_vs_eps.png'),
+                                 xlabel='epsilon (x/255)')
+  if 'eps_star' in report:
+    lines += ['## Noise robustness: median minimal L2 (epsilon*)', '',
+              '| noise | epsilon* | never flipped | misclassified clean |', '|---|---|---|---|']
+    for noise, r in report['eps_star'].items():
+      lines.append(f'| {noise} | {r["eps_star"]:.4f} | {100 * r["frac_never_flipped"]:.1f}% | '
+                   f'{100 * r["frac_misclassified_clean"]:.1f}% |')
+    lines.append('')
+  if 'frequency' in report:
+    fmap = np.asarray(report['frequency']['map'], dtype=float)
+    plots.plot_frequency_heat_map(fmap, os.path.join(out_dir, 'frequency_heat_map.png'))
+    np.savetxt(os.path.join(out_dir, 'frequency.csv'), fmap, delimiter=',', fmt='%.4f')
+    lines += ['## Fourier heat map', '', f'Error under a Fourier-basis perturbation of L2 norm '
+              f'{report["frequency"]["norm"]} per frequency (mean {np.nanmean(fmap):.3f}); see '
+              '`frequency_heat_map.png`.', '']
+  lines += ['Timings (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in report['timings_s'].items())]
+  with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
+    f.write('\n'.join(lines) + '\n')

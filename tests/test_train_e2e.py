@@ -1,0 +1,58 @@
+"""End-to-end runs of the loop on the bundled digits and on mocked TFDS CIFAR-10."""
+
+import json
+import os
+
+import chex
+import jax
+import numpy as np
+
+from jaxrobust import checkpointing, parallel, train
+from tests.conftest import tiny_config
+
+
+def test_quickstart_style_run_leaves_checkpoint_metrics_and_results(tmp_path):
+  config = tiny_config(num_epochs=2.0, eval_every_epochs=1.0)
+  state, results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['step'] == 2 * (1437 // 64) == int(state.step)
+  assert os.path.isdir(tmp_path / 'checkpoints' / str(results['step']))
+  lines = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  kinds = {l['kind'] for l in lines}
+  assert kinds == {'train', 'eval'}
+  train_lines = [l for l in lines if l['kind'] == 'train']
+  assert all(l['images_per_sec'] > 0 for l in train_lines)
+  assert train_lines[-1]['loss'] < train_lines[0]['loss']
+  saved = json.load(open(tmp_path / 'results.json'))
+  assert 0.0 <= saved['eval_top1'] <= 1.0 and saved['eval_top5'] >= saved['eval_top1']
+  assert json.load(open(tmp_path / 'config.json'))['model'] == 'resnet_tiny'
+
+
+def test_stopped_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):
+  config = tiny_config(num_epochs=2.0, checkpoint_every_steps=100)
+  full_state, _ = train.train_and_evaluate(config, str(tmp_path / 'full'))
+  # The same run, told to stop (as by SIGTERM) at step 17 mid-epoch, then resumed.
+  calls = {'n': 0}
+
+  def stop_at_17(self):
+    calls['n'] += 1
+    return calls['n'] == 17
+  monkeypatch.setattr(checkpointing.PreemptionHandler, 'should_stop', stop_at_17)
+  _, stopped = train.train_and_evaluate(config, str(tmp_path / 'split'))
+  assert stopped['step'] == 17 and stopped['stopped_by'] == 'stop request'
+  monkeypatch.undo()
+  resumed_state, results = train.train_and_evaluate(config, str(tmp_path / 'split'))
+  assert results['step'] == int(full_state.step)
+  chex.assert_trees_all_equal(parallel.to_host(full_state.params),
+                              parallel.to_host(resumed_state.params))
+  chex.assert_trees_all_equal(parallel.to_host(full_state.batch_stats),
+                              parallel.to_host(resumed_state.batch_stats))
+
+
+def test_cifar10_under_mock_data(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = tiny_config(dataset='cifar10', batch_size=16, eval_batch_size=16)
+  with tfds.testing.mock_data(num_examples=48):
+    state, results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['step'] == 3
+  assert jax.tree.leaves(state.params)[0].ndim >= 1
+  assert np.isfinite(results['eval_loss'])
