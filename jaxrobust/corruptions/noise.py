@@ -92,7 +92,8 @@ def poisson(rng, lam, lam_max):
     p = p * lam_small / (k + 1)
     return count, p, cdf + p
 
-  exact, _, _ = lax.fori_loop(0, steps, body, (jnp.zeros_like(lam), p0, p0))
+  # Fully unrolled so that XLA fuses the walk into one elementwise kernel.
+  exact, _, _ = lax.fori_loop(0, steps, body, (jnp.zeros_like(lam), p0, p0), unroll=True)
   z = special.ndtri(u)
   approx = jnp.floor(lam + jnp.sqrt(lam) * z + (z * z - 1) / 6 + 0.5)
   return jnp.where(lam < _EXACT_BELOW, exact, jnp.maximum(approx, 0.0))

@@ -58,7 +58,8 @@ class Run:
 
   def batches(self, max_examples: Optional[int] = None, batch_size: Optional[int] = None):
     """Eval-split batches as global arrays: {'image', 'label', 'mask'}."""
-    bs = batch_size or self.config.eval_batch_size
+    n = self.mesh.devices.size
+    bs = -(-(batch_size or self.config.eval_batch_size) // n) * n  # a multiple of the devices
     for b in data.eval_iterator(self.info, global_batch_size=bs, source=self.eval_source,
                                 data_dir=self.config.get('data_dir') or None,
                                 max_examples=max_examples, process_index=jax.process_index(),
@@ -175,7 +176,8 @@ def tfds_corruption_suite(run: Run, names: Sequence[str] = corruptions.STANDARD,
           f'{dataset}/{name}_{s}', 'test' if 'cifar' in dataset else 'validation',
           'test' if 'cifar' in dataset else 'validation', run.info.image_shape[0])
       train.validate_config(cfg)
-      info = data.get_info(cfg)
+      # read at the model's input size and channel count
+      info = dataclasses.replace(data.get_info(cfg), image_shape=run.info.image_shape)
       host = data.eval_iterator(info, global_batch_size=run.config.eval_batch_size,
                                 max_examples=max_examples, data_dir=cfg.get('data_dir') or None)
       gb = (parallel.shard_batch(b, run.mesh) for b in host)

@@ -1,0 +1,70 @@
+"""The evaluation runner: restores a run, runs every suite, writes the report files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxrobust import train
+from jaxrobust.evaluation import runner
+from tests.conftest import ROOT, tiny_config
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('run'))
+  train.train_and_evaluate(tiny_config(num_epochs=2.0, model='resnet8'), workdir)
+  return workdir
+
+
+def test_all_suites_write_a_report(trained, tmp_path):
+  run = runner.load_run(trained)
+  assert run.step == 44
+  report = runner.run_suites(
+      run, ['clean', 'corruptions', 'pgd', 'apgd', 'eps_star', 'frequency'], out_dir=str(tmp_path),
+      max_examples=64, attack_examples=32, corruption_names=['gaussian_noise', 'contrast'],
+      apgd_steps=5)
+  for name in ('report.json', 'summary.md', 'corruptions.csv', 'attacks.csv',
+               'corruptions_bar.png', 'corruptions_severity.png', 'accuracy_vs_eps.png',
+               'frequency_heat_map.png', 'frequency.csv'):
+    assert os.path.getsize(tmp_path / name) > 0, name
+  saved = json.load(open(tmp_path / 'report.json'))
+  assert saved['clean']['count'] == 64
+  errors = report['corruptions']['errors']
+  assert set(errors) == {'gaussian_noise', 'contrast'} and set(errors['contrast']) == set(range(1, 6))
+  # contrast at severity 5 destroys most of the signal of these digits
+  assert errors['contrast'][5] > errors['contrast'][1]
+  pgd = report['pgd']
+  assert pgd['pgd20'] <= pgd['ifgsm10'] + 1e-9 and pgd['pgd20'] <= pgd['clean']
+  assert pgd['curve']['accuracy'] == sorted(pgd['curve']['accuracy'], reverse=True)
+  assert report['apgd']['apgd_ce'] <= pgd['clean']
+  assert report['eps_star']['gaussian']['eps_star'] > 0
+  assert np.asarray(report['frequency']['map']).shape == (8, 8)
+  summary = open(tmp_path / 'summary.md').read()
+  assert '## Clean' in summary and 'apgd_ce' in summary and 'epsilon*' in summary
+
+
+def test_official_corruption_sets_through_the_same_path(trained, tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  run = runner.load_run(trained)
+  with tfds.testing.mock_data(num_examples=20):
+    res = runner.tfds_corruption_suite(run, names=['fog'], severities=(1, 2))
+  assert set(res['errors']['fog']) == {1, 2}
+  assert all(0.0 <= e <= 1.0 for e in res['errors']['fog'].values())
+
+
+def test_bad_suite_and_workdir(trained, tmp_path):
+  run = runner.load_run(trained)
+  with pytest.raises(ValueError, match='Unknown suite.*valid: clean'):
+    runner.run_suites(run, ['robustness'], out_dir=str(tmp_path))
+  with pytest.raises(ValueError, match='not a training workdir'):
+    runner.load_run(str(tmp_path))
+  with pytest.raises(ValueError, match="Domain 'aux' not in this run"):
+    runner.load_run(trained, domain='aux')
+  proc = subprocess.run([sys.executable, '-m', 'jaxrobust.evaluate', f'--workdir={trained}',
+                         '--suite=clean,nope'], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 2 and "Unknown suite(s) ['nope']" in proc.stderr
