@@ -25,6 +25,7 @@ flags.DEFINE_integer('attack_examples', 500, 'Examples for attacks, eps* and fre
 flags.DEFINE_list('corruptions', None, 'Corruptions to evaluate (default: all 19).')
 flags.DEFINE_string('baseline_errors', None, 'JSON of a baseline run\'s corruption errors (mCE).')
 flags.DEFINE_integer('apgd_steps', 100, 'APGD iterations.')
+flags.DEFINE_integer('apgd_targets', 3, 'APGD-T target classes (AutoAttack uses 9).')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -44,7 +45,8 @@ def main(argv):
     report = runner.run_suites(run, FLAGS.suite, out_dir=FLAGS.out_dir,
                                max_examples=FLAGS.max_examples or None,
                                attack_examples=FLAGS.attack_examples, corruption_names=names,
-                               baseline_errors=FLAGS.baseline_errors, apgd_steps=FLAGS.apgd_steps)
+                               baseline_errors=FLAGS.baseline_errors, apgd_steps=FLAGS.apgd_steps,
+                               apgd_targets=FLAGS.apgd_targets)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -24,7 +24,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ('cifar', 'imagenet', 'none')
 KNOWN_TFDS = ('cifar10', 'cifar100', 'imagenet2012', 'svhn_cropped', 'mnist', 'fashion_mnist',
-              'cifar10_corrupted/<corruption>_<severity>', 'imagenet2012_corrupted/...')
+              'cifar10_corrupted/<corruption>_<severity>',
+              'imagenet2012_corrupted/<corruption>_<severity>')
 
 
 def _tf():
@@ -147,8 +148,12 @@ def _load_split_arrays(info: DatasetInfo, split: str, data_dir: Optional[str]):
     raise ValueError(f'Cannot read dataset {info.name!r} split {split!r}: '
                      + (f'unreadable image file {bad!r}.' if bad else str(e).splitlines()[0]))
   images, labels, names = np.concatenate(images), np.concatenate(labels), np.concatenate(names)
-  if info.kind == 'folder':  # ImageFolder's file order is not guaranteed: sort by file name
+  if info.kind == 'folder':
+    # ImageFolder's file order is not guaranteed: sort by file name, then apply a fixed
+    # permutation so that the split is not grouped by class and any prefix of it (e.g.
+    # max_examples of an eval split) is a uniform random subset.
     order = np.argsort(names, kind='stable')
+    order = order[np.random.default_rng(0).permutation(len(order))]
     images, labels = images[order], labels[order]
   return images, labels
 
@@ -175,9 +180,13 @@ def get_info(config) -> DatasetInfo:
     eval_split = config.get('eval_split', '') or next(
         (s for s in ('test', 'validation', 'val') if s in splits), None)
     train_split = config.get('train_split', '') or 'train'
-    for s in (train_split, eval_split):
+    if eval_split is None:
+      raise ValueError(f'Image folder {path!r} has no evaluation split (looked for test, '
+                       f'validation, val); it has {sorted(splits)}. Add one, or name one with '
+                       'config.eval_split.')
+    for key, s in (('train_split', train_split), ('eval_split', eval_split)):
       if s not in splits:
-        raise ValueError(f'Split {s!r} not found in {path!r}; it has {sorted(splits)}.')
+        raise ValueError(f'{key}={s!r} not found in {path!r}; it has {sorted(splits)}.')
     size = size or 32
     names = tuple(builder.info.features['label'].names)
     info = DatasetInfo(name, 'folder', len(names), (size, size, 3), splits, train_split,
