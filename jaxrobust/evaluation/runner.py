@@ -60,7 +60,10 @@ class Run:
   def batches(self, max_examples: Optional[int] = None, batch_size: Optional[int] = None):
     """Eval-split batches as global arrays: {'image', 'label', 'mask'}."""
     n = self.mesh.devices.size
-    bs = -(-(batch_size or self.config.eval_batch_size) // n) * n  # a multiple of the devices
+    bs = batch_size or self.config.eval_batch_size
+    if max_examples:  # no padding beyond the examples asked for
+      bs = min(bs, max_examples)
+    bs = -(-bs // n) * n  # a multiple of the devices
     for b in data.eval_iterator(self.info, global_batch_size=bs, source=self.eval_source,
                                 data_dir=self.config.get('data_dir') or None,
                                 max_examples=max_examples, process_index=jax.process_index(),
