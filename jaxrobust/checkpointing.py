@@ -1,9 +1,24 @@
 """Orbax checkpoints in the workdir: periodic and final saves, keep-K, automatic resume.
 
-Restoring tries the newest checkpoint first and falls back to older ones, with a warning, when a
-checkpoint is unreadable (e.g. a partially written one after a crash); nothing is ever deleted
-on restore. A checkpoint whose structure does not match the run (different model or method)
-fails with a message naming what differs.
+Layout: ``<workdir>/checkpoints/<step>/`` (an orbax ``CheckpointManager`` with one
+``StandardCheckpointHandler`` item). Orbax writes a step into ``<step>.orbax-checkpoint-tmp-*``
+and renames it when complete, so a save cut short by a crash never looks like a checkpoint.
+
+Restore procedure (:meth:`Checkpointer.restore`), newest step first:
+
+1. Read the step's metadata (tree of array paths, shapes, dtypes). If it is readable and differs
+   from the run's state, raise :class:`CheckpointMismatchError` naming what differs (e.g. the
+   ``batch_stats/aux`` statistics a method needs): a checkpoint of another model or method is a
+   user error, never a reason to fall back or to start from scratch.
+2. Restore the arrays into the run's structure and shardings. If that fails (truncated or
+   corrupted files, missing metadata, an empty step directory), warn, move the step directory
+   to ``<workdir>/checkpoints_unreadable/<step>`` — kept for inspection, never deleted — and try
+   the next older step. Moving it aside matters: orbax would otherwise keep it as the "latest"
+   step and refuse to save that step again, so the resumed run could never replace it.
+3. No readable step left: start from scratch, with a warning if there were steps.
+
+In a multi-process run every process calls every method (saves and restores are collective);
+processes agree on whether a restore succeeded, and only process 0 moves directories.
 """
 
 import os
@@ -16,28 +31,136 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+UNREADABLE_DIR = 'checkpoints_unreadable'
+
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint exists but belongs to a different model/method configuration."""
 
 
-def _paths(tree) -> set:
-  return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+# ----------------------------------------------------------------------------- tree comparison
+
+
+def _key_name(key) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def leaf_specs(tree) -> dict:
+  """``{'params/stem_conv/kernel': (shape, dtype_name)}`` for every array leaf of ``tree``.
+
+  Paths use plain names, so a train state (attributes, namedtuples) and orbax's metadata of it
+  (dicts, lists) give the same keys.
+  """
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = '/'.join(_key_name(k) for k in path)
+    shape = tuple(getattr(leaf, 'shape', np.shape(leaf)))
+    dtype = getattr(leaf, 'dtype', None)
+    out[name] = (shape, np.dtype(dtype).name if dtype is not None else None)
+  return out
+
+
+def _roots(paths: set, other: set) -> list:
+  """The shortest prefixes of ``paths`` that ``other`` has nothing under (what is wholly absent)."""
+  other_prefixes = set()
+  for p in other:
+    parts = p.split('/')
+    other_prefixes.update('/'.join(parts[:i]) for i in range(1, len(parts) + 1))
+  roots = {}
+  for p in sorted(paths):
+    parts = p.split('/')
+    for i in range(1, len(parts) + 1):
+      prefix = '/'.join(parts[:i])
+      if prefix not in other_prefixes:
+        roots[prefix] = roots.get(prefix, 0) + 1
+        break
+  return sorted(roots.items())
+
+
+def _listing(roots: list, limit: int = 4) -> str:
+  items = [f'{r} ({n} arrays)' if n > 1 else r for r, n in roots[:limit]]
+  more = f' and {len(roots) - limit} more' if len(roots) > limit else ''
+  return ', '.join(items) + more
+
+
+def describe_mismatch(saved: dict, wanted: dict) -> Optional[str]:
+  """What differs between a checkpoint's leaf specs and the run's, or None if they match.
+
+  Args:
+    saved: :func:`leaf_specs` of the checkpoint (from its metadata).
+    wanted: :func:`leaf_specs` of the run's train state.
+
+  Returns:
+    A sentence naming the arrays the run needs but the checkpoint lacks, the arrays the
+    checkpoint has that the run does not, and arrays whose shape/dtype differ.
+  """
+  parts = []
+  missing = set(wanted) - set(saved)
+  extra = set(saved) - set(wanted)
+  if missing:
+    parts.append(f'this run needs {_listing(_roots(missing, set(saved)))}, which the checkpoint '
+                 'lacks')
+  if extra:
+    parts.append(f'the checkpoint has {_listing(_roots(extra, set(wanted)))}, which this run '
+                 'lacks')
+  # parameters first: their shapes say most directly which model wrote the checkpoint
+  differ = sorted((k for k in set(saved) & set(wanted) if saved[k] != wanted[k]),
+                  key=lambda k: (not k.startswith('params/'), k))
+  if differ:
+    shown = '; '.join(f'{k} is {saved[k][0]} {saved[k][1]} in the checkpoint, {wanted[k][0]} '
+                      f'{wanted[k][1]} here' for k in differ[:2])
+    parts.append(shown + (f' (and {len(differ) - 2} more arrays differ)' if len(differ) > 2
+                          else ''))
+  return '; '.join(parts) or None
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _all_processes(flag: bool) -> bool:
+  """True iff ``flag`` is true on every process (a collective in multi-process runs)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.array(flag))))
+
+
+def _any_process(flag: bool) -> bool:
+  return not _all_processes(not flag)
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+# ----------------------------------------------------------------------------- checkpointer
 
 
 class Checkpointer:
-  """Saves and restores train states under ``<workdir>/checkpoints``."""
+  """Saves and restores train states under ``<workdir>/checkpoints`` (see module docstring)."""
 
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    if max_to_keep is not None and max_to_keep < 1:
+      raise ValueError(f'keep_checkpoints={max_to_keep} must be >= 1.')
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, 'checkpoints')
+    self.unreadable_directory = os.path.join(self.workdir, UNREADABLE_DIR)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    # Registering the handler up front makes item_metadata() readable before any restore.
+    self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                         item_handlers=ocp.StandardCheckpointHandler())
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, state) -> None:
+    """Saves ``state`` as ``step`` (asynchronously); a step already on disk is left as it is."""
     if step in self.manager.all_steps():
       return
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
@@ -45,42 +168,67 @@ class Checkpointer:
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
-  def _saved_paths(self, step) -> Optional[set]:
+  def saved_specs(self, step: int) -> Optional[dict]:
+    """:func:`leaf_specs` of a saved step from its metadata, or None if that is unreadable."""
     try:
       meta = self.manager.item_metadata(step)
       tree = getattr(meta, 'tree', meta)
-      return _paths(tree) if tree is not None else None
+      return leaf_specs(tree) if tree is not None else None
     except Exception:  # pylint: disable=broad-except
       return None
+
+  def _set_aside(self, step: int) -> str:
+    """Moves an unreadable step out of orbax's directory (process 0); returns where it went."""
+    _barrier(f'jaxrobust_before_set_aside_{step}')  # every process picks the same name
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(self.unreadable_directory, str(step))
+    n = 1
+    while os.path.exists(dst):
+      dst = os.path.join(self.unreadable_directory, f'{step}.{n}')
+      n += 1
+    if jax.process_index() == 0 and os.path.exists(src):
+      os.makedirs(self.unreadable_directory, exist_ok=True)
+      os.replace(src, dst)
+    _barrier(f'jaxrobust_set_aside_{step}')
+    self.manager.reload()
+    return dst
 
   def restore(self, target) -> tuple[Optional[Any], Optional[int]]:
     """Restores the newest readable checkpoint into the structure/shardings of ``target``.
 
+    Args:
+      target: a train state (e.g. the freshly initialised one) whose tree structure, shapes,
+        dtypes and shardings the restored state takes.
+
     Returns:
-      ``(state, step)``, or ``(None, None)`` when there is no checkpoint.
+      ``(state, step)``, or ``(None, None)`` when there is no readable checkpoint.
 
     Raises:
-      CheckpointMismatchError: the newest readable checkpoint has a different structure.
+      CheckpointMismatchError: a checkpoint's structure differs from ``target``'s.
     """
+    wanted = leaf_specs(target)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    had_steps = bool(self.all_steps())
     for step in reversed(self.all_steps()):
-      saved = self._saved_paths(step)
-      if saved is not None:
-        wanted = _paths(target)
-        if saved != wanted:
-          missing, extra = sorted(wanted - saved), sorted(saved - wanted)
-          raise CheckpointMismatchError(
-              f'Checkpoint {self.directory}/{step} does not match this run\'s model/method: '
-              f'missing {missing[:5]}{" ..." if len(missing) > 5 else ""}, '
-              f'unexpected {extra[:5]}{" ..." if len(extra) > 5 else ""}. '
-              'Use a fresh --workdir, or the config that wrote it.')
+      saved = self.saved_specs(step)
+      problem = describe_mismatch(saved, wanted) if saved is not None else None
+      if _any_process(problem is not None):
+        raise CheckpointMismatchError(
+            f'Checkpoint {self.directory}/{step} was written by a different model or method: '
+            f'{problem or "its structure differs on another process"}. Use a fresh --workdir, '
+            'or the config that wrote it.')
+      error, state = None, None
       try:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        return state, step
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('Checkpoint at step %d is unreadable (%s: %s); trying an older one. '
-                        'It is left on disk.', step, type(e).__name__, str(e).splitlines()[0][:200])
-    if self.all_steps():
+        error = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:300]}'
+      if _all_processes(error is None):
+        return state, step
+      moved = self._set_aside(step)
+      logging.warning('Checkpoint at step %d is unreadable (%s). Moved it to %s (kept, not '
+                      'deleted); trying an older checkpoint.', step,
+                      error or 'failed on another process', moved)
+    if had_steps:
       logging.warning('No readable checkpoint in %s; starting from scratch.', self.directory)
     return None, None
 
@@ -89,12 +237,54 @@ class Checkpointer:
     self.manager.close()
 
 
-class PreemptionHandler:
-  """Turns SIGTERM/SIGINT into a request to save and stop at the next step boundary."""
+def load_arrays(workdir: str, step: Optional[int] = None) -> tuple[dict, int]:
+  """Reads a saved train state as nested dicts/lists of numpy arrays (no model needed).
 
-  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+  Args:
+    workdir: a run's workdir (or its ``checkpoints`` directory).
+    step: the step to read; the newest if None.
+
+  Returns:
+    ``(tree, step)`` where ``tree`` has ``'params'``, ``'batch_stats'``, ``'opt_state'``, ...
+  """
+  directory = workdir if os.path.basename(os.path.normpath(workdir)) == 'checkpoints' else (
+      os.path.join(workdir, 'checkpoints'))
+  if not os.path.isdir(directory):
+    raise ValueError(f'No checkpoints directory at {directory}.')
+  mgr = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
+  try:
+    step = mgr.latest_step() if step is None else step
+    if step is None or step not in mgr.all_steps():
+      raise ValueError(f'No checkpoint for step {step} in {directory}; it has {mgr.all_steps()}.')
+    tree = mgr.item_metadata(step).tree
+  finally:
+    mgr.close()
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  arrays = ocp.PyTreeCheckpointer().restore(
+      os.path.join(directory, str(step), 'default'),
+      args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  return arrays, step
+
+
+# ----------------------------------------------------------------------------- preemption
+
+
+class PreemptionHandler:
+  """Turns SIGTERM/SIGINT into a request to save and stop at the next step boundary.
+
+  A second signal while a stop is pending gives up on the clean stop: the previous handlers
+  are restored and SIGINT raises ``KeyboardInterrupt``, SIGTERM is re-delivered.
+
+  In a multi-process run the processes agree (an all-gather) on whether any of them was
+  signalled; to keep that collective off the per-step path it runs only every
+  ``sync_every_steps`` calls, which every process makes at the same steps.
+  """
+
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), sync_every_steps: int = 10):
     self._event = threading.Event()
     self._previous = {}
+    self._calls = 0
+    self.sync_every_steps = max(1, sync_every_steps)
     self.signal_name = None
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
@@ -102,17 +292,36 @@ class PreemptionHandler:
 
   def _handle(self, signum, frame):
     del frame
+    if self._event.is_set():  # second signal: stop now, without the checkpoint
+      self.restore_handlers()
+      if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+      os.kill(os.getpid(), signum)
+      return
     self.signal_name = signal.Signals(signum).name
+    logging.warning('Received %s: will save a checkpoint and stop after the current step '
+                    '(send it again to stop at once, without saving).', self.signal_name)
+    self._event.set()
+
+  def request_stop(self, reason: str = 'stop request') -> None:
+    """Asks the loop to save and stop, as a signal would (e.g. from a notebook)."""
+    self.signal_name = self.signal_name or reason
     self._event.set()
 
   def should_stop(self) -> bool:
-    """True when any process received a stop signal (agreed across processes)."""
+    """True when a stop was requested (on any process: agreed across processes)."""
+    self._calls += 1
     flag = self._event.is_set()
     if jax.process_count() > 1:
+      if self._calls % self.sync_every_steps:
+        return False
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       flag = bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+      if flag and self.signal_name is None:
+        self.signal_name = 'a signal to another process'
     return flag
 
   def restore_handlers(self) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+    self._previous = {}

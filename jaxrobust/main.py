@@ -28,30 +28,64 @@ class _QuietLibraries:
     return record.levelno >= 30 or 'orbax' not in record.pathname
 
 
+def _fail(error: Exception, status: int) -> None:
+  """Reports an error the user can act on (no traceback) and exits with ``status``.
+
+  Status 2: bad input (config, data, checkpoint of another model/method); 3: non-finite loss.
+  """
+  logging.error('%s', error)
+  print(f'error: {error}', file=sys.stderr)
+  sys.exit(status)
+
+
 def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                        FLAGS.process_id)
+  try:
+    # before anything touches a JAX backend (a method's validate() might)
+    parallel.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                          FLAGS.process_id)
+  except ValueError as e:
+    _fail(e, 2)
   from jaxrobust import train  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   try:
     train.validate_config(config)  # names and values: fail before touching data or compiling
   except ValueError as e:
-    logging.error('%s', e)
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+    _fail(e, 2)
   logging.info('JAX %s, %d processes, devices: %s', jax.__version__, jax.process_count(),
                jax.devices())
   try:
     _, results = train.train_and_evaluate(config, FLAGS.workdir)
-  except (ValueError, train.NonFiniteError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2 if isinstance(e, ValueError) else 3)
+  except ValueError as e:  # bad input found with the data, or a mismatching checkpoint
+    _fail(e, 2)
+  except train.NonFiniteError as e:
+    _fail(e, 3)
+  if results.get('stopped_by'):
+    msg = (f'Stopped by {results["stopped_by"]} at step {results["step"]}; the checkpoint is in '
+           f'{FLAGS.workdir}/checkpoints. Run the same command again to resume.')
+    logging.warning('%s', msg)
+    print(msg, file=sys.stderr)
+    return  # exit status 0: a requested stop is not a failure
   logging.info('Done: %s', results)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, plus a clean message for a ``--config.<key>`` that does not exist."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: override of an unknown config key
+    inner = e
+    while isinstance(inner, BaseException) and inner.args:  # AttributeError(KeyError('...'))
+      inner = inner.args[0]
+    key, _, hint = ' '.join(str(inner).split()).partition(' ')
+    print(f'error: unknown config key {key}. {hint + " " if hint else ""}The valid keys are '
+          'those of the --config file (see configs/default.py and the method\'s config).',
+          file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -8,7 +8,7 @@ one place they are averaged.
 """
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -18,28 +18,80 @@ from jax.sharding import PartitionSpec as P
 AXIS = 'batch'
 
 
+_LOOPBACK_HOSTS = ('127.0.0.1', 'localhost', '[::1]', '::1')
+
+
+def _env_int(name: str, value):
+  """``value`` as an int, or the environment variable ``name`` when ``value`` is None."""
+  import os  # pylint: disable=g-import-not-at-top
+  raw = value if value is not None else os.environ.get(name)
+  if raw is None or raw == '':
+    return None
+  try:
+    return int(raw)
+  except (TypeError, ValueError):
+    raise ValueError(f'{name.lower().replace("jax_", "")}={raw!r} must be an integer.') from None
+
+
+def distributed_kwargs(coordinator_address=None, num_processes=None, process_id=None,
+                       local_device_ids=None) -> Optional[dict]:
+  """The ``jax.distributed.initialize`` arguments for this process; None for a single process.
+
+  Flags win over the standard environment variables ``JAX_COORDINATOR_ADDRESS``,
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. On a Cloud TPU pod (``TPU_WORKER_HOSTNAMES``
+  lists several hosts) JAX finds everything itself. A coordinator on a loopback address binds to
+  that address only (JAX's default binds every interface).
+
+  Raises:
+    ValueError: inconsistent values (a process id outside ``[0, num_processes)``, no
+      coordinator address for several processes, non-integers).
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  num_processes = _env_int('JAX_NUM_PROCESSES', num_processes)
+  process_id = _env_int('JAX_PROCESS_ID', process_id)
+  address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS') or None
+  on_tpu_pod = bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','))
+  if num_processes is not None and num_processes < 1:
+    raise ValueError(f'num_processes={num_processes} must be >= 1.')
+  if not ((num_processes or 1) > 1 or on_tpu_pod):
+    return None
+  kwargs = {}
+  if num_processes is not None:
+    if address is None:
+      raise ValueError(f'num_processes={num_processes} needs --coordinator_address=host:port '
+                       '(or JAX_COORDINATOR_ADDRESS): the address of process 0.')
+    if process_id is None or not 0 <= process_id < num_processes:
+      raise ValueError(f'process_id={process_id} must be in [0, {num_processes}) for '
+                       f'num_processes={num_processes} (--process_id or JAX_PROCESS_ID).')
+    kwargs.update(num_processes=num_processes, process_id=process_id)
+  if address is not None:
+    if ':' not in address:
+      raise ValueError(f'coordinator_address={address!r} must be host:port.')
+    kwargs['coordinator_address'] = address
+    host = address.rsplit(':', 1)[0]
+    if host in _LOOPBACK_HOSTS and not os.environ.get('JAX_COORDINATOR_BIND_ADDRESS'):
+      kwargs['coordinator_bind_address'] = address
+  elif process_id is not None:
+    kwargs['process_id'] = process_id
+  if local_device_ids is not None:
+    kwargs['local_device_ids'] = local_device_ids
+  return kwargs
+
+
 def maybe_initialize_distributed(coordinator_address=None, num_processes=None, process_id=None,
                                  local_device_ids=None) -> None:
   """Calls ``jax.distributed.initialize`` when this run is one of several processes.
 
-  Arguments left None are read by JAX from the standard environment (Cloud TPU metadata,
-  SLURM, or ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``).
+  Must run before anything touches a JAX backend. Arguments left None are read from the
+  standard environment (see :func:`distributed_kwargs`). On CPU, cross-process collectives
+  need an implementation: gloo (TCP) is selected unless one is already configured.
   """
-  import os  # pylint: disable=g-import-not-at-top
-  num_processes = num_processes or os.environ.get('JAX_NUM_PROCESSES')
-  on_tpu_pod = bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','))
-  if (num_processes is not None and int(num_processes) > 1) or on_tpu_pod:
-    kwargs = {}
-    if coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS'):
-      kwargs['coordinator_address'] = coordinator_address or os.environ['JAX_COORDINATOR_ADDRESS']
-    if num_processes is not None:
-      kwargs['num_processes'] = int(num_processes)
-    pid = process_id if process_id is not None else os.environ.get('JAX_PROCESS_ID')
-    if pid is not None:
-      kwargs['process_id'] = int(pid)
-    if local_device_ids is not None:
-      kwargs['local_device_ids'] = local_device_ids
-    jax.distributed.initialize(**kwargs)
+  kwargs = distributed_kwargs(coordinator_address, num_processes, process_id, local_device_ids)
+  if kwargs is None:
+    return
+  if jax.config.values.get('jax_cpu_collectives_implementation', 'gloo') in (None, '', 'none'):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
@@ -63,7 +115,8 @@ def check_batch_size(global_batch_size: int, mesh, what: str = 'batch_size') -> 
     raise ValueError(f'{what}={global_batch_size} must be a positive multiple of the number of '
                      f'devices ({n}): try {max(n, global_batch_size // n * n)}.')
   if global_batch_size % jax.process_count():
-    raise ValueError(f'{what}={global_batch_size} must divide over {jax.process_count()} processes.')
+    raise ValueError(f'{what}={global_batch_size} must be a multiple of the number of processes '
+                     f'({jax.process_count()}): each process feeds an equal part of every batch.')
   return global_batch_size // n
 
 

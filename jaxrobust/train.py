@@ -290,6 +290,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   start_time = time.time()
   info, method, model, tx, mesh, steps_per_epoch = build(config, mesh)
+  if config.get('init_from', ''):
+    _checkpoints_dir(config.init_from)  # a bad path fails now, not after initialisation
   os.makedirs(workdir, exist_ok=True)
   current_config, config_diff = config_changes(config, workdir)
   for key, old, new in config_diff:
@@ -448,12 +450,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return state, results
 
 
-def _init_from(path: str, state: TrainState) -> TrainState:
-  """Starts from another run's params and BN statistics (not its optimizer or extras)."""
+def _checkpoints_dir(path: str) -> str:
+  """``<path>/checkpoints`` (or ``path`` itself if it is one); ValueError if it does not exist."""
   directory = path if os.path.basename(os.path.normpath(path)) == 'checkpoints' else os.path.join(
       path, 'checkpoints')
   if not os.path.isdir(directory):
     raise ValueError(f'init_from={path!r}: no checkpoints directory at {directory}.')
+  return directory
+
+
+def _init_from(path: str, state: TrainState) -> TrainState:
+  """Starts from another run's params and BN statistics (not its optimizer or extras)."""
+  directory = _checkpoints_dir(path)
   mgr = checkpointing.ocp.CheckpointManager(directory)
   step = mgr.latest_step()
   if step is None:

@@ -1,11 +1,20 @@
 """ResNet, pre-activation ResNet and WideResNet backbones with domain-aware BatchNorm.
 
 Every model maps float pixels in [0, 1] (NHWC) to logits; mean/std normalisation is its first
-layer. ``__call__(x, *, train, domain='main', return_features=False)``: ``domain`` picks the
-affine parameters of every BatchNorm (its running statistics are chosen by the caller, see
-``jaxrobust.models.apply_model``); ``return_features=True`` returns a dict with the last feature
-map (``'features'``, before pooling), the pooled features (``'pooled'``) and ``'logits'``, which
-is where auxiliary heads attach.
+layer. ``__call__(x, *, train, domain='main', return_features=False, subnet=None)``: ``domain``
+picks the affine parameters of every BatchNorm (its running statistics are chosen by the caller,
+see ``jaxrobust.models.apply_model``); ``return_features=True`` returns a dict with the last
+feature map (``'features'``, before pooling), the pooled features (``'pooled'``) and
+``'logits'``, which is where auxiliary heads attach.
+
+``subnet`` (EWS, see ``jaxrobust.models.subnets``) is None for the full network or a dict
+``{block_name: {'path': [2], '<layer>': [C], ...}}`` of 0/1 float arrays: ``path`` multiplies the
+residual branch (index 0) and the shortcut (index 1) of the block; a layer's mask multiplies that
+layer's output channels where the rest of the network reads them (after the layer's BN/ReLU when
+the block applies them before the next convolution, i.e. ``mask * relu(bn(conv(x)))``; after
+``bn(conv(x))`` for the last layer of a post-activation branch and after ``conv(x)`` for the last
+layer of a pre-activation branch or shortcut). Masks are arrays, so one compiled function serves
+every subnet; with ``subnet=None`` no multiplication happens at all.
 
 Architectures (parameter counts are tested against the published ones):
 * CIFAR stem: 3x3 conv, stride 1, no max-pool (ResNet-18 on CIFAR-10: 11,173,962 params).
@@ -31,6 +40,18 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
 
+def _mask(x, subnet, key):
+  """``x * subnet[key]`` (channel mask, broadcast over N, H, W); ``x`` itself for the full net."""
+  return x if subnet is None else x * subnet[key]
+
+
+def _paths(residual, shortcut, subnet):
+  """``residual + shortcut``, each multiplied by its path mask ``subnet['path']`` if given."""
+  if subnet is None:
+    return shortcut + residual
+  return shortcut * subnet['path'][1] + residual * subnet['path'][0]
+
+
 def _bound_norm(norm: Callable, train: bool, domain: str) -> Callable:
   """``bn(name=...)(x)`` creates the named BN layer and applies it in the given mode/domain."""
   def make(name):
@@ -48,16 +69,16 @@ class BasicBlock(nn.Module):
   expansion = 1
 
   @nn.compact
-  def __call__(self, x, *, train, domain):
+  def __call__(self, x, *, train, domain, subnet=None):
     bn = _bound_norm(self.norm, train, domain)
     y = self.conv(self.features, (3, 3), self.strides, name='conv1')(x)
-    y = nn.relu(bn(name='bn1')(y))
+    y = _mask(nn.relu(bn(name='bn1')(y)), subnet, 'conv1')
     y = self.conv(self.features, (3, 3), name='conv2')(y)
-    y = bn(name='bn2')(y)
+    y = _mask(bn(name='bn2')(y), subnet, 'conv2')
     if x.shape[-1] != self.features or self.strides != 1:
       x = self.conv(self.features, (1, 1), self.strides, name='shortcut_conv')(x)
-      x = bn(name='shortcut_bn')(x)
-    return nn.relu(x + y)
+      x = _mask(bn(name='shortcut_bn')(x), subnet, 'shortcut_conv')
+    return nn.relu(_paths(y, x, subnet))
 
 
 class Bottleneck(nn.Module):
@@ -69,15 +90,18 @@ class Bottleneck(nn.Module):
   expansion = 4
 
   @nn.compact
-  def __call__(self, x, *, train, domain):
+  def __call__(self, x, *, train, domain, subnet=None):
     bn = _bound_norm(self.norm, train, domain)
     out = self.features * self.expansion
     y = nn.relu(bn(name='bn1')(self.conv(self.features, (1, 1), name='conv1')(x)))
+    y = _mask(y, subnet, 'conv1')
     y = nn.relu(bn(name='bn2')(self.conv(self.features, (3, 3), self.strides, name='conv2')(y)))
-    y = bn(name='bn3')(self.conv(out, (1, 1), name='conv3')(y))
+    y = _mask(y, subnet, 'conv2')
+    y = _mask(bn(name='bn3')(self.conv(out, (1, 1), name='conv3')(y)), subnet, 'conv3')
     if x.shape[-1] != out or self.strides != 1:
       x = bn(name='shortcut_bn')(self.conv(out, (1, 1), self.strides, name='shortcut_conv')(x))
-    return nn.relu(x + y)
+      x = _mask(x, subnet, 'shortcut_conv')
+    return nn.relu(_paths(y, x, subnet))
 
 
 class PreActBlock(nn.Module):
@@ -90,18 +114,19 @@ class PreActBlock(nn.Module):
   expansion = 1
 
   @nn.compact
-  def __call__(self, x, *, train, domain):
+  def __call__(self, x, *, train, domain, subnet=None):
     bn = _bound_norm(self.norm, train, domain)
     out = nn.relu(bn(name='bn1')(x))
     shortcut = x
     if x.shape[-1] != self.features or self.strides != 1:
       shortcut = self.conv(self.features, (1, 1), self.strides, name='shortcut_conv')(out)
+      shortcut = _mask(shortcut, subnet, 'shortcut_conv')
     y = self.conv(self.features, (3, 3), self.strides, name='conv1')(out)
-    y = nn.relu(bn(name='bn2')(y))
+    y = _mask(nn.relu(bn(name='bn2')(y)), subnet, 'conv1')
     if self.dropout_rate > 0:
       y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-    y = self.conv(self.features, (3, 3), name='conv2')(y)
-    return shortcut + y
+    y = _mask(self.conv(self.features, (3, 3), name='conv2')(y), subnet, 'conv2')
+    return _paths(y, shortcut, subnet)
 
 
 class PreActBottleneck(nn.Module):
@@ -113,17 +138,20 @@ class PreActBottleneck(nn.Module):
   expansion = 4
 
   @nn.compact
-  def __call__(self, x, *, train, domain):
+  def __call__(self, x, *, train, domain, subnet=None):
     bn = _bound_norm(self.norm, train, domain)
     out_features = self.features * self.expansion
     out = nn.relu(bn(name='bn1')(x))
     shortcut = x
     if x.shape[-1] != out_features or self.strides != 1:
       shortcut = self.conv(out_features, (1, 1), self.strides, name='shortcut_conv')(out)
+      shortcut = _mask(shortcut, subnet, 'shortcut_conv')
     y = self.conv(self.features, (1, 1), name='conv1')(out)
-    y = self.conv(self.features, (3, 3), self.strides, name='conv2')(nn.relu(bn(name='bn2')(y)))
-    y = self.conv(out_features, (1, 1), name='conv3')(nn.relu(bn(name='bn3')(y)))
-    return shortcut + y
+    y = _mask(nn.relu(bn(name='bn2')(y)), subnet, 'conv1')
+    y = self.conv(self.features, (3, 3), self.strides, name='conv2')(y)
+    y = _mask(nn.relu(bn(name='bn3')(y)), subnet, 'conv2')
+    y = _mask(self.conv(out_features, (1, 1), name='conv3')(y), subnet, 'conv3')
+    return _paths(y, shortcut, subnet)
 
 
 BLOCKS = {
@@ -166,7 +194,8 @@ class ResNet(nn.Module):
     return self.block.startswith('preact')
 
   @nn.compact
-  def __call__(self, x, *, train: bool, domain: str = MAIN, return_features: bool = False):
+  def __call__(self, x, *, train: bool, domain: str = MAIN, return_features: bool = False,
+               subnet: Optional[dict] = None):
     conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, padding='SAME')
     norm = functools.partial(DomainBatchNorm, momentum=self.bn_momentum,
                              axis_name=self.bn_axis_name, affine_domains=tuple(self.affine_domains))
@@ -185,8 +214,9 @@ class ResNet(nn.Module):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
         kwargs = {'dropout_rate': self.dropout_rate} if block_cls is PreActBlock else {}
-        x = block_cls(width, strides, conv, norm, name=f'stage{i + 1}_block{j + 1}',
-                      **kwargs)(x, train=train, domain=domain)
+        name = f'stage{i + 1}_block{j + 1}'
+        x = block_cls(width, strides, conv, norm, name=name, **kwargs)(
+            x, train=train, domain=domain, subnet=None if subnet is None else subnet[name])
     if self.preact:
       x = nn.relu(bn(name='final_bn')(x))
     features = x

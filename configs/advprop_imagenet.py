@@ -1,0 +1,46 @@
+"""AdvProp on ImageNet with ResNet-50 (the paper's Table 8 ResNet setting).
+
+AdvProp (``002_3c885072544f102e.txt``) section 5.4 "ResNet Results": "We apply PGD5 (eps=4) to
+generate adversarial examples, and follow the settings in [6] to train all networks" — He et al.
+(2016): SGD with momentum 0.9, weight decay 1e-4, batch 256, learning rate 0.1 divided by 10 at
+epochs 30 and 60 of 90, random-resized crop + flip. Table 8: ResNet-50 76.7% vanilla, +0.4 with
+AdvProp. PGD5 (eps=4): L-inf eps = 4/255, 5 steps of 1/255, random start.
+
+    python -m jaxrobust.main --config=configs/advprop_imagenet.py --workdir=/tmp/advprop_r50
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.method = 'advprop'
+  c.dataset = 'imagenet2012'
+  c.image_size = 224
+  c.augment = 'imagenet'
+  c.model = 'resnet50'
+  c.num_epochs = 90.0          # He et al. 2016
+  c.batch_size = 256
+  c.eval_batch_size = 500
+  c.learning_rate = 0.1        # for batch 256; scale linearly with the batch size
+  c.momentum = 0.9
+  c.weight_decay = 1e-4
+  c.lr_schedule = 'step'
+  c.lr_boundaries = (30, 60)
+  c.lr_decay_factor = 0.1
+  c.sync_batch_stats = False   # per-device BN as in the reference TPU/GPU setups
+  c.advprop_attack = 'advprop_pgd5'   # PGD5 (eps=4), Table 8
+  c.advprop_eps = ml_collections.FieldReference(None, field_type=float)
+  c.advprop_step_size = ml_collections.FieldReference(None, field_type=float)
+  c.advprop_num_steps = ml_collections.FieldReference(None, field_type=int)
+  c.advprop_targeted = False
+  c.advprop_craft_bn = 'batch'
+  c.advprop_loss = 'sum'
+  c.advprop_fine_grained = False
+  c.advprop_augment_ops = 2
+  c.advprop_augment_magnitude = 9.0
+  c.advprop_adv_source = 'augmented'
+  c.advprop_eval_aux = False
+  return c

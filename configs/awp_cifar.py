@@ -1,0 +1,26 @@
+"""Adversarial weight perturbation (AWP, Wu, Xia & Wang 2020) on PGD-AT, CIFAR-10, no EWS.
+
+AT-AWP: PGD-10 adversarial training (eps 8/255) of a PreAct ResNet-18 for 200 epochs (0.1,
+divided by 10 at epochs 100 and 150), with one normalised ascent step on the weights per
+iteration, layer-wise relative to the weight norm: gamma = 5e-3 (the AWP paper's value; its
+official AT-AWP script defaults to 1e-2), no warm-up. ``--config.awp_base=trades`` gives
+TRADES-AWP (use ``--config.awp_warmup_epochs=10`` as its script does).
+
+    python -m jaxrobust.main --config=configs/awp_cifar.py --workdir=/tmp/awp_cifar
+
+AWP-EWS (the paper's Table 4): ``--config.method=ews_pgd_at`` (or ``ews_trades``) with this
+config's ``awp_gamma``.
+"""
+
+from configs import default
+from configs.ews_cifar import add_ews_keys
+from configs.ews_pgd_at_cifar import add_adversarial_recipe
+
+
+def get_config():
+  c = add_ews_keys(add_adversarial_recipe(default.get_config()))
+  c.method = 'awp'
+  c.awp_base = 'pgd_at'
+  c.awp_gamma = 5e-3
+  c.awp_warmup_epochs = 0.0
+  return c

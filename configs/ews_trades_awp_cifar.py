@@ -1,0 +1,23 @@
+"""EWS on TRADES with adversarial weight perturbation (AWP-EWS of the paper's Table 4).
+
+TRADES-AWP (Wu et al. 2020) with its published defaults: weight perturbation gamma = 5e-3,
+layer-wise relative to the weight norm, one ascent step per iteration, applied from epoch 10 on
+(the official TRADES-AWP script's warm-up); plus EWS with lambda = 1 (paper section 4.2).
+
+    python -m jaxrobust.main --config=configs/ews_trades_awp_cifar.py --workdir=/tmp/ews_trades_awp
+
+TRADES-AWP without EWS: ``--config.method=awp --config.awp_base=trades``.
+"""
+
+from configs import default
+from configs.ews_cifar import add_ews_keys
+from configs.ews_pgd_at_cifar import add_adversarial_recipe
+
+
+def get_config():
+  c = add_ews_keys(add_adversarial_recipe(default.get_config()))
+  c.method = 'ews_trades'
+  c.awp_base = 'trades'
+  c.awp_gamma = 5e-3
+  c.awp_warmup_epochs = 10.0
+  return c

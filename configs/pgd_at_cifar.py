@@ -1,0 +1,43 @@
+"""Madry PGD adversarial training on CIFAR-10: PreAct ResNet-18, PGD-10 (eps 8/255, step 2/255).
+
+Madry et al. (2018) inner maximisation: L-inf PGD, eps = 8/255, step 2/255, 10 steps, uniform
+random start, cross-entropy; loss CE(f(x'), y) + gamma CE(f(x), y) with gamma = 0. Schedule of the
+EWS paper's adversarial-training experiments (``001_f126abb63f157b30.txt``, supplementary "Detailed
+Experimental Settings", after Rice et al. 2020): PreAct ResNet-18, SGD (momentum 0.9, weight
+decay 5e-4), batch 128, learning rate 0.1 divided by 10 at epochs 100 and 150 of 200.
+Early stopping on PGD accuracy (Rice et al.) is up to the evaluation harness.
+
+    python -m jaxrobust.main --config=configs/pgd_at_cifar.py --workdir=/tmp/pgd_at_cifar
+
+The CPU-sized comparison on the local CIFAR-10 copy:
+
+    python -m jaxrobust.main --config=configs/pgd_at_cifar.py --workdir=../runs/pgd_at_small \
+      --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
+      --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.method = 'pgd_at'
+  c.dataset = 'cifar10'
+  c.model = 'preact_resnet18'
+  c.num_epochs = 200.0
+  c.batch_size = 128
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.weight_decay = 5e-4
+  c.lr_schedule = 'step'
+  c.lr_boundaries = (100, 150)
+  c.lr_decay_factor = 0.1
+  c.pgd_at_attack = 'madry_pgd10'   # eps 8/255, step 2/255, 10 steps, random start
+  c.pgd_at_eps = ml_collections.FieldReference(None, field_type=float)        # None = preset
+  c.pgd_at_step_size = ml_collections.FieldReference(None, field_type=float)  # None = preset
+  c.pgd_at_num_steps = ml_collections.FieldReference(None, field_type=int)    # None = preset
+  c.pgd_at_gamma = 0.0              # weight of the clean loss (EWS Eq. 3; 0 = Madry)
+  c.pgd_at_craft_bn = 'batch'       # batch statistics, running statistics untouched
+  return c

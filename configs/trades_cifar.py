@@ -1,0 +1,43 @@
+"""TRADES on CIFAR-10: PreAct ResNet-18, KL inner maximisation (PGD-10, eps 8/255), beta = 6.
+
+TRADES (Zhang et al. 2019): loss CE(f(x), y) + beta KL(f(x) || f(x')), beta = 6 for CIFAR-10;
+inner maximisation of the KL by L-inf PGD, eps = 8/255, 10 steps of 2/255 (0.007 in the reference
+code), start x + 0.001 N(0, I), crafted with eval-mode BN. Schedule of the EWS paper's TRADES
+experiments (``001_f126abb63f157b30.txt``, supplementary; its gamma = 1/6 is beta = 6 in TRADES'
+parameterisation): PreAct ResNet-18, SGD (momentum 0.9, weight decay 5e-4), batch 128, learning
+rate 0.1 divided by 10 at epochs 100 and 150 of 200.
+
+    python -m jaxrobust.main --config=configs/trades_cifar.py --workdir=/tmp/trades_cifar
+
+The CPU-sized comparison on the local CIFAR-10 copy:
+
+    python -m jaxrobust.main --config=configs/trades_cifar.py --workdir=../runs/trades_small \
+      --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
+      --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.method = 'trades'
+  c.dataset = 'cifar10'
+  c.model = 'preact_resnet18'
+  c.num_epochs = 200.0
+  c.batch_size = 128
+  c.learning_rate = 0.1
+  c.momentum = 0.9
+  c.weight_decay = 5e-4
+  c.lr_schedule = 'step'
+  c.lr_boundaries = (100, 150)
+  c.lr_decay_factor = 0.1
+  c.trades_attack = 'trades'        # KL loss, eps 8/255, step 2/255, 10 steps, 0.001 N(0, I) start
+  c.trades_eps = ml_collections.FieldReference(None, field_type=float)        # None = preset
+  c.trades_step_size = ml_collections.FieldReference(None, field_type=float)  # None = preset
+  c.trades_num_steps = ml_collections.FieldReference(None, field_type=int)    # None = preset
+  c.trades_beta = 6.0
+  c.trades_craft_bn = 'running'     # eval-mode BN while crafting, as the reference
+  return c

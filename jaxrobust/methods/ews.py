@@ -1,0 +1,609 @@
+"""EWS: identify and enhance weak subnets (Guo, Stutz & Schiele 2022), with PGD-AT, TRADES, AWP.
+
+Paper ``001_f126abb63f157b30.txt``, sections 3-5, Algorithm 1, supplementary A-E.
+
+**Subnets** (:mod:`jaxrobust.models.subnets`): a subnet of width ``rho`` (0.5) keeps, in every
+residual block, ``round(2 rho)`` of its two paths (residual branch, shortcut) and, in every
+convolution of the block, ``round(rho C)`` of its ``C`` output channels. It is a pytree of 0/1
+arrays passed to the backbone (``subnet=masks``), so one compiled step serves every subnet.
+
+**Algorithm** (Algorithm 1). Alternate
+
+1. *Search* (every ``ews_search_every_epochs = K`` epochs, 10 in the paper; a :class:`Hook`
+   with its own jitted body): on a fixed subset ``D_s`` holding ``ews_search_fraction`` (10%) of
+   the training set, one controller step per batch: sample ``C = ews_search_num_subnets`` (8)
+   subnets ``alpha_i ~ pi_theta`` from the LSTM controller (:mod:`jaxrobust.models.controller`),
+   reward ``R_i = -accuracy(alpha_i, batch)``, and minimise the REINFORCE loss
+   ``-1/C sum_i (R_i - b) log pi(alpha_i) - w_H * mean_i H_i`` with a moving-average baseline
+   ``b <- d b + (1 - d) mean_i R_i`` (initialised with the first batch's mean reward) and an
+   entropy bonus (Eq. 1: the controller learns to produce *weak* subnets). The adversarial
+   variant (section 3.4.1, default for the adversarial bases) evaluates the subnets on PGD
+   examples of the batch crafted on the full network with the base method's attack.
+   After each search, the mean accuracy of C controller subnets and of C uniformly random
+   subnets on a few *other* training batches is recorded (``search_controller_accuracy`` /
+   ``search_random_accuracy`` in the training metrics): the controller's subnets should be the
+   weaker ones. Search baselines (Table 5, ``ews_search``): ``'random'`` (a uniformly random
+   subnet every step, no search) and ``'l1'`` (the subnet of lowest-L1-norm paths/channels,
+   recomputed at every search).
+2. *Training*: every step samples one subnet ``alpha ~ pi_theta`` (the same on every device)
+   and minimises the base loss plus ``lambda * KL(M(x) || alpha(x))`` (``ews_lambda``: 1 on
+   CIFAR, 0.7 on ImageNet) with the full network's output ``stop_gradient``-ed (Eq. 2;
+   ``methods.common.distillation_kl``, batchmean). The subnet shares every weight with the full
+   network, so the KL trains the shared weights through the subnet only.
+
+**Losses per base** (Eq. 2-4; ``x'`` = PGD examples of the full network):
+
+* ``'ews'`` (natural): ``CE(M(x), y) + lambda KL(M(x) || alpha(x))``.
+* ``'ews_pgd_at'``: ``phi = CE``, ``gamma = pgd_at_gamma`` (0):
+  ``CE(M(x'), y) + lambda KL(M(x') || alpha(x')) + gamma [CE(M(x), y) + lambda KL(M(x) || alpha(x))]``.
+* ``'ews_trades'``: ``phi = KL(M(x) || M(x'))`` (through both sides, as TRADES), ``gamma = 1/6``.
+  Eq. 3-4 multiplied by ``beta = 1/gamma = trades_beta`` (6) so that ``lambda = 0`` is exactly
+  the published TRADES loss and its learning rate:
+  ``CE(M(x), y) + beta KL(M(x) || M(x')) + lambda [beta KL(M(x') || alpha(x')) + KL(M(x) || alpha(x))]``.
+* ``'awp'``: PGD-AT or TRADES (``awp_base``) with adversarial weight perturbation and no EWS.
+
+The adversarial bases reuse :mod:`jaxrobust.methods.adversarial_training` and its config keys
+(``pgd_at_attack``, ``pgd_at_gamma``, ``pgd_at_craft_bn``, ``trades_attack``, ``trades_beta``,
+``trades_craft_bn``, ...), so ``lambda = 0`` reproduces ``'pgd_at'`` / ``'trades'`` exactly.
+
+**AWP** (Wu, Xia & Wang 2020; ``awp_gamma > 0``, from ``awp_warmup_epochs`` on): per step,
+one ascent step on the weights, layer-wise relative to the weight norm: with ``g_l`` the
+(device-averaged) gradient of the *base* loss (on the already crafted ``x'``, train-mode BN,
+no statistics update) w.r.t. the kernel ``w_l`` of every convolution / dense layer,
+``v_l = awp_gamma * ||w_l|| * g_l / ||g_l||`` (biases and BN parameters are not perturbed); the
+training gradient is taken at ``w + v`` and applied to ``w``. Published defaults: ``awp_gamma =
+5e-3`` (the AWP paper; the official AT-AWP script uses 1e-2, TRADES-AWP 5e-3 with 10 warm-up
+epochs). With EWS, the KL terms are evaluated at the perturbed weights too.
+
+**Batch composition** per step: natural: B clean through the full network + B through the
+subnet. PGD-AT: B adversarial (+ B clean if gamma > 0) through the full network, and the same
+batches through the subnet. TRADES: B clean + B adversarial through the full network and through
+the subnet.
+
+**BatchNorm rule** (one domain, ``'main'``):
+
+* full-network training passes: train mode, update ``'main'`` (as the base method does);
+* subnet passes (training, search, comparisons): train mode with the subnet's own *batch*
+  statistics, running statistics untouched (``update_stats=False``);
+* crafting (training and search): the base method's rule (PGD-AT: batch statistics; TRADES:
+  running statistics), never updating statistics; the AWP ascent pass: batch statistics, no
+  update;
+* evaluation: the full network with ``'main'`` running statistics.
+
+Not implemented: AutoAugment / AugMix / DeepAugment inputs (not in this input pipeline; EWS
+itself is augmentation-agnostic).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import PartitionSpec as P
+
+from jaxrobust import parallel
+from jaxrobust.methods import adversarial_training as at
+from jaxrobust.methods import common, register
+from jaxrobust.methods.base import Hook, Method
+from jaxrobust.models import MAIN, apply_model
+from jaxrobust.models import controller as controller_lib
+from jaxrobust.models import subnets
+
+SEARCHES = ('controller', 'random', 'l1')
+SEARCH_ON = ('auto', 'clean', 'adversarial')
+AWP_BASES = ('pgd_at', 'trades')
+# fold_in tags: the subnet of a step and the search keys are device-independent.
+_SUBNET_TAG, _SEARCH_TAG, _COMPARE_TAG = 0x5EB, 0x5EA, 0xC0A
+_AWP_EPS = 1e-20
+
+
+# ------------------------------------------------------------------------------- pure pieces
+
+
+def subnet_distillation(model, params, batch_stats: dict, x, full_logits, masks, *,
+                        rngs: Optional[dict] = None):
+  """EWS's distillation term ``KL(M(x) || alpha(x))`` (Eq. 2), teacher ``stop_gradient``-ed.
+
+  The subnet pass normalises with its own batch statistics and leaves the running statistics
+  untouched.
+
+  Args:
+    model, params, batch_stats: the backbone and its state (statistics keyed by domain).
+    x: images in [0, 1].
+    full_logits: the full network's logits on ``x`` (the teacher; detached here).
+    masks: the subnet (see :mod:`jaxrobust.models.subnets`).
+    rngs: dropout rngs.
+
+  Returns:
+    ``(kl, subnet_logits)``.
+  """
+  sub_logits, _ = apply_model(model, params, batch_stats, x, train=True, domain=MAIN,
+                              update_stats=False, rngs=rngs, subnet=masks)
+  return common.distillation_kl(full_logits, sub_logits), sub_logits
+
+
+def subnet_accuracies(model, params, batch_stats: dict, x, y, masks, *,
+                      rng: Optional[jax.Array] = None) -> jax.Array:
+  """Accuracy of each of a batch of subnets (masks with a leading [N] axis) on ``(x, y)``.
+
+  Subnets run one after another (``lax.map``: memory of one forward pass), with batch
+  statistics and no statistics update. Per-device values (pmean them across devices).
+
+  Returns:
+    [N] accuracies.
+  """
+  rngs = None if rng is None else {'dropout': rng}
+
+  def one(m):
+    logits, _ = apply_model(model, params, batch_stats, x, train=True, domain=MAIN,
+                            update_stats=False, rngs=rngs, subnet=m)
+    return common.accuracy(logits, y)
+  return jax.lax.map(one, masks)
+
+
+def is_perturbed_weight(path, leaf) -> bool:
+  """AWP perturbs the kernels of convolutions and dense layers (weights with >= 2 dims)."""
+  last = path[-1]
+  name = getattr(last, 'key', getattr(last, 'name', str(last)))
+  return name == 'kernel' and leaf.ndim >= 2
+
+
+def awp_perturbation(params, grads, gamma):
+  """AWP's layer-wise weight perturbation ``v_l = gamma ||w_l|| g_l / ||g_l||``.
+
+  One normalised ascent step per weight tensor (Wu et al. 2020: the proxy's SGD step rescaled
+  to ``||w_l||``); zero for biases and BatchNorm parameters.
+
+  Args:
+    params: the weights ``w``.
+    grads: the gradient of the loss to *increase* w.r.t. ``params``.
+    gamma: the relative size of the perturbation.
+
+  Returns:
+    A pytree like ``params``.
+  """
+  def v(path, w, g):
+    if not is_perturbed_weight(path, w):
+      return jnp.zeros_like(w)
+    return gamma * jnp.linalg.norm(w) / (jnp.linalg.norm(g) + _AWP_EPS) * g
+  return jax.tree_util.tree_map_with_path(v, params, grads)
+
+
+# ------------------------------------------------------------------------------- the method
+
+
+@register('ews')
+class EWS(Method):
+  """EWS on natural training; see the module docstring.
+
+  Config keys (flat, with the paper's defaults): ``ews_lambda`` (1.0), ``ews_rho`` (0.5),
+  ``ews_search`` ('controller' | 'random' | 'l1'), ``ews_search_every_epochs`` (K = 10),
+  ``ews_search_fraction`` (0.1), ``ews_search_num_subnets`` (C = 8), ``ews_search_on``
+  ('auto' | 'clean' | 'adversarial'; auto = adversarial for the adversarial bases),
+  ``ews_search_attack`` (a preset for the adversarial search of the natural base; default
+  'madry_pgd10'), ``ews_controller_lr`` (Adam, 1e-2), ``ews_controller_hidden`` (100),
+  ``ews_entropy_weight`` (1e-4), ``ews_baseline_decay`` (0.95), ``ews_compare_batches`` (4),
+  ``awp_gamma`` (0 = off), ``awp_warmup_epochs`` (0).
+  """
+  base_name = 'natural'
+  uses_ews = True
+  default_awp_gamma = 0.0
+
+  # -- configuration ----------------------------------------------------------------------
+  def _resolve_base_name(self) -> str:
+    return self.base_name
+
+  def validate(self) -> None:
+    c = self.config
+    self.base_kind = self._resolve_base_name()
+    self.base = {'natural': None, 'pgd_at': at.PGDAdversarialTraining,
+                 'trades': at.TRADES}[self.base_kind]
+    if self.base is not None:
+      self.base = self.base(c)  # validates the base's own keys (pgd_at_* / trades_*)
+    self.label_smoothing = float(c.get('label_smoothing', 0.0))
+    self.lam = at.check_nonnegative('ews_lambda', c.get('ews_lambda', 1.0)) if self.uses_ews else 0.0
+    self.rho = subnets.check_rho(c.get('ews_rho', 0.5))
+    if self.rho >= 1.0:
+      raise ValueError(f'ews_rho={self.rho}: a subnet needs rho in (0, 1) (rho = 1 is the full '
+                       'network and makes the distillation loss 0).')
+    self.search = c.get('ews_search', 'controller')
+    at.check_choice('ews_search', self.search, SEARCHES)
+    self.search_every_epochs = float(c.get('ews_search_every_epochs', 10.0))
+    if not self.search_every_epochs > 0:
+      raise ValueError(f'ews_search_every_epochs must be > 0, got {self.search_every_epochs}.')
+    self.search_fraction = float(c.get('ews_search_fraction', 0.1))
+    if not 0.0 < self.search_fraction <= 1.0:
+      raise ValueError(f'ews_search_fraction must be in (0, 1], got {self.search_fraction}.')
+    self.num_subnets = int(c.get('ews_search_num_subnets', 8))
+    if self.num_subnets < 1:
+      raise ValueError(f'ews_search_num_subnets must be >= 1, got {self.num_subnets}.')
+    search_on = c.get('ews_search_on', 'auto')
+    at.check_choice('ews_search_on', search_on, SEARCH_ON)
+    self.search_adversarial = (search_on == 'adversarial' or
+                               (search_on == 'auto' and self.base is not None))
+    self.search_attack = None
+    if self.search_adversarial and self.base is None:
+      self.search_attack = at.attack_settings(c, 'ews_search', 'madry_pgd10',
+                                              at.PGD_AT_PRESETS + at.TRADES_PRESETS)
+      self.search_craft_bn = c.get('ews_search_craft_bn', 'batch')
+      at.check_choice('ews_search_craft_bn', self.search_craft_bn, at.BN_MODES)
+    self.controller_lr = float(c.get('ews_controller_lr', 1e-2))
+    if not self.controller_lr > 0:
+      raise ValueError(f'ews_controller_lr must be > 0, got {self.controller_lr}.')
+    self.controller_hidden = int(c.get('ews_controller_hidden', 100))
+    if self.controller_hidden < 1:
+      raise ValueError(f'ews_controller_hidden must be >= 1, got {self.controller_hidden}.')
+    self.entropy_weight = at.check_nonnegative('ews_entropy_weight',
+                                               c.get('ews_entropy_weight', 1e-4))
+    self.baseline_decay = float(c.get('ews_baseline_decay', 0.95))
+    if not 0.0 <= self.baseline_decay <= 1.0:
+      raise ValueError(f'ews_baseline_decay must be in [0, 1], got {self.baseline_decay}.')
+    self.compare_batches = int(c.get('ews_compare_batches', 4))
+    if self.compare_batches < 0:
+      raise ValueError(f'ews_compare_batches must be >= 0, got {self.compare_batches}.')
+    self.awp_gamma = at.check_nonnegative('awp_gamma', c.get('awp_gamma', self.default_awp_gamma))
+    self.awp_warmup_epochs = at.check_nonnegative('awp_warmup_epochs',
+                                                  c.get('awp_warmup_epochs', 0.0))
+
+  @property
+  def has_subnets(self) -> bool:
+    return self.uses_ews and self.lam > 0
+
+  @property
+  def has_controller(self) -> bool:
+    return self.has_subnets and self.search == 'controller'
+
+  def setup(self, ctx) -> None:
+    super().setup(ctx)
+    if self.base is not None:
+      self.base.setup(ctx)
+    image_shape = tuple(ctx.info.image_shape) if ctx.info is not None else (32, 32, 3)
+    self.space = subnets.subnet_space(ctx.model, self.rho, image_shape=image_shape)
+    self.controller = controller_lib.SubnetController(
+        slots=self.space.slots, hidden_size=self.controller_hidden,
+        embed_dim=self.controller_hidden)
+    self.controller_tx = optax.adam(self.controller_lr)
+    self.awp_warmup_steps = int(round(self.awp_warmup_epochs * ctx.steps_per_epoch))
+    self._search_fns = None
+
+  def forward_backward_passes(self) -> float:
+    """Theoretical step cost in forward+backward passes of the batch (cf. adversarial_training).
+
+    The base method's cost, plus one pass per subnet distillation term, plus (AWP) one pass per
+    full-network training pass for the ascent step.
+    """
+    if self.base is None:
+      base_cost, full_passes = 1.0, 1
+    else:
+      base_cost = float(self.base.forward_backward_passes())
+      full_passes = 2 if self.base_kind == 'trades' or self.base.gamma else 1
+    subnet_passes = full_passes if self.has_subnets else 0
+    awp_passes = full_passes if self.awp_gamma > 0 else 0
+    return base_cost + subnet_passes + awp_passes
+
+  def search_cost(self) -> float:
+    """Cost of one search phase in forward+backward passes of a batch (a forward = 1/3).
+
+    Per batch of ``D_s``: ``C`` subnet forwards (+ the attack for the adversarial search); then
+    ``2 C`` forwards per comparison batch. The controller's own update is negligible.
+    """
+    attack = 0.0
+    if self.search_adversarial:
+      kwargs = self.base.attack_kwargs if self.base is not None else self.search_attack[1]
+      attack = float(at.attack_steps(kwargs))
+    per_batch = self.num_subnets / 3 + attack
+    return self.search_batches() * per_batch + self.compare_batches * (
+        2 * self.num_subnets / 3 + attack)
+
+  # -- state ------------------------------------------------------------------------------
+  def init_extras(self, rng, params, batch_stats):
+    del batch_stats
+    if not self.has_subnets:
+      return {}
+    if self.search == 'controller':
+      def init(key):  # one compilation rather than one per initialiser
+        cparams = controller_lib.init_controller(self.controller, key)
+        return {'controller': {'params': cparams, 'opt_state': self.controller_tx.init(cparams),
+                               'baseline': jnp.zeros((), jnp.float32),
+                               'steps': jnp.zeros((), jnp.int32)},
+                'search': {'count': jnp.zeros((), jnp.int32),
+                           'controller_accuracy': jnp.zeros((), jnp.float32),
+                           'random_accuracy': jnp.zeros((), jnp.float32)}}
+      return jax.jit(init)(rng)
+    if self.search == 'l1':
+      return {'l1_masks': jax.jit(self.space.lowest_l1)(params)}
+    return {}
+
+  def step_subnet(self, state):
+    """The subnet of the step ``state.step``: the same on every device."""
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, _SUBNET_TAG), state.step)
+    if self.search == 'controller':
+      sample = self.controller.apply({'params': state.extras['controller']['params']}, key,
+                                     method=controller_lib.SubnetController.sample)
+      return self.space.from_slot_masks(sample.masks)
+    if self.search == 'random':
+      return self.space.random(key)
+    return state.extras['l1_masks']
+
+  # -- the step ---------------------------------------------------------------------------
+  def loss_fn(self, params, batch_stats, x, y, x_adv, masks, rng, *, with_ews: bool = True):
+    """The training loss of one step at weights ``params`` (module docstring, Eq. 2-4).
+
+    Args:
+      params: weights (possibly AWP-perturbed).
+      batch_stats: running statistics (keyed by domain).
+      x, y: the clean batch; ``x_adv``: its adversarial examples (None for natural training).
+      masks: the step's subnet (None = no EWS term).
+      rng: dropout key.
+      with_ews: add the EWS distillation terms (False: the base loss alone, for AWP's ascent).
+
+    Returns:
+      ``(loss, (new_batch_stats, metrics))``.
+    """
+    use_sub = with_ews and masks is not None and self.lam > 0
+    stats = batch_stats
+    drop = lambda i: {'dropout': jax.random.fold_in(rng, i)}  # noqa: E731
+    metrics = {}
+    kl_terms = []  # (weight, teacher logits, images)
+    if self.base is None:
+      logits, stats = apply_model(self.model, params, stats, x, train=True, domain=MAIN,
+                                  rngs=drop(0))
+      base_loss = common.cross_entropy(logits, y, self.label_smoothing)
+      metrics['accuracy'] = common.accuracy(logits, y)
+      kl_terms.append((1.0, logits, x))
+    elif self.base_kind == 'pgd_at':
+      gamma = self.base.gamma
+      clean_logits = None
+      if gamma:
+        clean_logits, stats = apply_model(self.model, params, stats, x, train=True, domain=MAIN,
+                                          rngs=drop(0))
+        metrics['accuracy'] = common.accuracy(clean_logits, y)
+      adv_logits, stats = apply_model(self.model, params, stats, x_adv, train=True, domain=MAIN,
+                                      rngs=drop(1))
+      base_loss = at.pgd_at_loss(adv_logits, y, clean_logits, gamma, self.label_smoothing)
+      metrics['adv_accuracy'] = common.accuracy(adv_logits, y)
+      kl_terms.append((1.0, adv_logits, x_adv))
+      if gamma:
+        kl_terms.append((gamma, clean_logits, x))
+    else:  # trades: Eq. 3-4 times beta = 1 / gamma
+      beta = self.base.beta
+      clean_logits, stats = apply_model(self.model, params, stats, x, train=True, domain=MAIN,
+                                        rngs=drop(0))
+      adv_logits, stats = apply_model(self.model, params, stats, x_adv, train=True, domain=MAIN,
+                                      rngs=drop(1))
+      base_loss = at.trades_loss(clean_logits, adv_logits, y, beta, self.label_smoothing)
+      metrics.update(accuracy=common.accuracy(clean_logits, y),
+                     adv_accuracy=common.accuracy(adv_logits, y),
+                     trades_kl=at.trades_kl(clean_logits, adv_logits))
+      kl_terms.extend([(beta, adv_logits, x_adv), (1.0, clean_logits, x)])
+    metrics['base_loss'] = base_loss
+    loss = base_loss
+    if use_sub:
+      kl_total = 0.0
+      for i, (weight, teacher, images) in enumerate(kl_terms):
+        kl, sub_logits = subnet_distillation(self.model, params, batch_stats, images, teacher,
+                                             masks, rngs=drop(10 + i))
+        kl_total = kl_total + weight * kl
+        if i == 0:  # the subnet on x' for the adversarial bases, on x for natural training
+          metrics['subnet_kl'] = kl
+          metrics['subnet_accuracy'] = common.accuracy(sub_logits, y)
+      loss = loss + self.lam * kl_total
+    return loss, (stats, metrics)
+
+  def _awp_params(self, state, x, y, x_adv, rng):
+    """``w + v`` with AWP's perturbation ``v`` (zero before the warm-up ends)."""
+    def perturb(_):
+      def base_loss(p):
+        loss, _ = self.loss_fn(p, state.batch_stats, x, y, x_adv, None, rng, with_ews=False)
+        return loss
+      grads = jax.lax.pmean(jax.grad(base_loss)(state.params), parallel.AXIS)
+      return awp_perturbation(state.params, grads, self.awp_gamma)
+
+    v = jax.lax.cond(state.step >= self.awp_warmup_steps, perturb,
+                     lambda _: jax.tree.map(jnp.zeros_like, state.params), None)
+    return jax.tree.map(jnp.add, state.params, v)
+
+  def train_step(self, state, batch, rng):
+    x, y = batch['image'], batch['label']
+    k_attack, k_craft_drop, k_drop = jax.random.split(rng, 3)
+    x_adv = None
+    if self.base is not None:
+      x_adv = self.base.craft(state.params, state.batch_stats, x, y, k_attack, k_craft_drop)
+    masks = self.step_subnet(state) if self.has_subnets else None
+    params = state.params
+    if self.awp_gamma > 0:
+      params = self._awp_params(state, x, y, x_adv, jax.random.fold_in(k_drop, 99))
+
+    def loss_at(p):
+      return self.loss_fn(p, state.batch_stats, x, y, x_adv, masks, k_drop)
+
+    (loss, (stats, metrics)), grads = jax.value_and_grad(loss_at, has_aux=True)(params)
+    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
+    metrics['loss'] = loss
+    if self.has_controller:
+      s = state.extras['search']
+      metrics.update(search_count=s['count'].astype(jnp.float32),
+                     search_controller_accuracy=s['controller_accuracy'],
+                     search_random_accuracy=s['random_accuracy'])
+    return state, metrics
+
+  # -- the search -------------------------------------------------------------------------
+  def _search_images(self, state, x, y, rng):
+    """The images subnets are judged on: clean, or PGD examples of the full network."""
+    if not self.search_adversarial:
+      return x
+    k_attack, k_drop = jax.random.split(rng)
+    if self.base is not None:
+      return self.base.craft(state.params, state.batch_stats, x, y, k_attack, k_drop)
+    attack, kwargs = self.search_attack
+    return at.craft(self.model, state.params, state.batch_stats, x, y, k_attack, attack=attack,
+                    attack_kwargs=kwargs, domain=MAIN, bn_mode=self.search_craft_bn,
+                    dropout_rng=k_drop)
+
+  def subnet_rewards(self, params, batch_stats, x, y, masks, rng):
+    """EWS's reward of each subnet: minus its accuracy on ``(x, y)`` over all devices.
+
+    Args:
+      masks: subnets with a leading [C] axis.
+
+    Returns:
+      [C] rewards ``-R(alpha_i, batch)`` (identical on every device).
+    """
+    accs = subnet_accuracies(self.model, params, batch_stats, x, y, masks, rng=rng)
+    return -jax.lax.pmean(accs, parallel.AXIS)
+
+  def search_step(self, state, batch):
+    """One controller update on one batch of ``D_s`` (per-device body; Algorithm 1 lines 5-7)."""
+    ctrl = state.extras['controller']
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, _SEARCH_TAG), ctrl['steps'])
+    k_sample, k_local = jax.random.split(key)
+    k_local = jax.random.fold_in(k_local, jax.lax.axis_index(parallel.AXIS))
+    k_images, k_eval = jax.random.split(k_local)
+    x, y = batch['image'], batch['label']
+    x = self._search_images(state, x, y, k_images)
+    sample = controller_lib.sample_subnets(self.controller, ctrl['params'], k_sample,
+                                           self.num_subnets)
+    rewards = self.subnet_rewards(state.params, state.batch_stats, x, y,
+                                  self.space.from_slot_masks(sample.masks), k_eval)
+    rewards = jax.lax.stop_gradient(rewards)
+    baseline = jnp.where(ctrl['steps'] == 0, jnp.mean(rewards), ctrl['baseline'])
+
+    def pg_loss(cparams):
+      lps, ents = jax.vmap(lambda ix: controller_lib.log_prob(self.controller, cparams, ix))(
+          sample.indices)
+      return controller_lib.reinforce_loss(lps, rewards, baseline, ents,
+                                           self.entropy_weight), ents
+
+    (loss, ents), grads = jax.value_and_grad(pg_loss, has_aux=True)(ctrl['params'])
+    grads = jax.lax.pmean(grads, parallel.AXIS)
+    updates, opt_state = self.controller_tx.update(grads, ctrl['opt_state'], ctrl['params'])
+    ctrl = {'params': optax.apply_updates(ctrl['params'], updates), 'opt_state': opt_state,
+            'baseline': controller_lib.update_baseline(baseline, rewards, self.baseline_decay),
+            'steps': ctrl['steps'] + 1}
+    metrics = {'reward': jnp.mean(rewards), 'baseline': baseline, 'pg_loss': loss,
+               'entropy': jnp.mean(ents)}
+    return state.replace(extras={**state.extras, 'controller': ctrl}), metrics
+
+  def compare_step(self, state, batch, index):
+    """Mean accuracy of C controller subnets and of C uniformly random subnets on a batch.
+
+    ``index`` (the batch's number) gives every batch its own subnets.
+    """
+    ctrl = state.extras['controller']
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, _COMPARE_TAG), ctrl['steps'])
+    key = jax.random.fold_in(key, index)
+    k_ctrl, k_rand, k_local = jax.random.split(key, 3)
+    k_local = jax.random.fold_in(k_local, jax.lax.axis_index(parallel.AXIS))
+    k_images, k_eval = jax.random.split(k_local)
+    x, y = batch['image'], batch['label']
+    x = self._search_images(state, x, y, k_images)
+    ctrl_masks = self.space.from_slot_masks(controller_lib.sample_subnets(
+        self.controller, ctrl['params'], k_ctrl, self.num_subnets).masks)
+    rand_masks = self.space.random_batch(k_rand, self.num_subnets)
+    both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ctrl_masks, rand_masks)
+    accs = jax.lax.pmean(subnet_accuracies(self.model, state.params, state.batch_stats, x, y,
+                                           both, rng=k_eval), parallel.AXIS)
+    return {'controller_accuracy': jnp.mean(accs[:self.num_subnets]),
+            'random_accuracy': jnp.mean(accs[self.num_subnets:])}
+
+  def _l1_body(self, state):
+    return state.replace(extras={**state.extras,
+                                 'l1_masks': self.space.lowest_l1(state.params)})
+
+  def search_batches(self) -> int:
+    """Batches in ``D_s``: ``ews_search_fraction`` of the training set (at least one)."""
+    n_train = self.ctx.steps_per_epoch * self.config.batch_size
+    return max(1, int(round(self.search_fraction * n_train / self.config.batch_size)))
+
+  def _compiled_search(self):
+    if self._search_fns is None:
+      mesh = self.ctx.mesh
+      batch_specs = (P(), P(parallel.AXIS))
+      self._search_fns = {
+          'search': parallel.spmd(self.search_step, mesh, in_specs=batch_specs,
+                                  out_specs=(P(), P()), donate_argnums=(0,)),
+          'compare': parallel.spmd(self.compare_step, mesh, in_specs=batch_specs + (P(),),
+                                   out_specs=P()),
+          'l1': parallel.spmd(self._l1_body, mesh, in_specs=(P(),), out_specs=P(),
+                              donate_argnums=(0,)),
+      }
+    return self._search_fns
+
+  def run_search(self, state):
+    """The search phase (the hook): controller updates over ``D_s``, then the comparison."""
+    fns = self._compiled_search()
+    if self.search == 'l1':
+      return fns['l1'](state)
+    if self.ctx.train_batches is None:
+      raise ValueError('The EWS search needs training batches: build the Context with '
+                       'train_batches (train.train_and_evaluate does).')
+    seed = int(self.config.seed) + 7919  # a fixed seed: the same subset D_s at every search
+    history = []
+    for batch in self.ctx.train_batches(self.search_batches(), seed):
+      state, m = fns['search'](state, batch)
+      history.append(m)
+    history = parallel.to_host(history)
+    summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
+    summary.update(first_reward=float(history[0]['reward']),
+                   last_reward=float(history[-1]['reward']))
+    comps = [parallel.to_host(fns['compare'](state, batch, np.int32(i))) for i, batch in
+             enumerate(self.ctx.train_batches(self.compare_batches, seed + 1))]
+    count = int(jax.device_get(state.extras['search']['count'])) + 1
+    record = {'count': np.int32(count),
+              'controller_accuracy': np.float32(np.mean([c['controller_accuracy'] for c in comps])
+                                                if comps else 0.0),
+              'random_accuracy': np.float32(np.mean([c['random_accuracy'] for c in comps])
+                                            if comps else 0.0)}
+    state = state.replace(extras={**state.extras,
+                                  'search': parallel.replicate(record, self.ctx.mesh)})
+    logging.info('EWS search %d at step %d: %d controller steps, reward %.4f -> %.4f, '
+                 'entropy %.2f; subnet accuracy: controller %.4f vs random %.4f.', count,
+                 int(jax.device_get(state.step)), len(history), summary['first_reward'],
+                 summary['last_reward'], summary['entropy'], record['controller_accuracy'],
+                 record['random_accuracy'])
+    self.last_search = summary | {k: float(v) for k, v in record.items()}
+    return state
+
+  def hooks(self) -> list[Hook]:
+    if not self.has_subnets or self.search == 'random':
+      return []
+    every = max(1, int(round(self.search_every_epochs * self.ctx.steps_per_epoch)))
+    return [Hook(every_steps=every, fn=self.run_search, name='ews_search')]
+
+
+@register('ews_pgd_at')
+class EWSPGDAT(EWS):
+  """EWS on Madry PGD adversarial training (phi = CE, gamma = ``pgd_at_gamma``, default 0)."""
+  base_name = 'pgd_at'
+
+
+@register('ews_trades')
+class EWSTRADES(EWS):
+  """EWS on TRADES (phi = KL, gamma = 1 / ``trades_beta`` = 1/6)."""
+  base_name = 'trades'
+
+
+@register('awp')
+class AWP(EWS):
+  """Adversarial weight perturbation on PGD-AT or TRADES (``awp_base``), without EWS.
+
+  Config keys: ``awp_base`` ('pgd_at' | 'trades'), ``awp_gamma`` (5e-3), ``awp_warmup_epochs``
+  (0), and the base's own keys. With EWS: ``ews_pgd_at`` / ``ews_trades`` with ``awp_gamma > 0``.
+  """
+  uses_ews = False
+  default_awp_gamma = 5e-3
+
+  def _resolve_base_name(self) -> str:
+    base = self.config.get('awp_base', 'pgd_at')
+    at.check_choice('awp_base', base, AWP_BASES)
+    return base
+
+  def validate(self) -> None:
+    super().validate()
+    if not self.awp_gamma > 0:
+      raise ValueError(f'awp_gamma must be > 0 for method awp, got {self.awp_gamma}.')

@@ -1,0 +1,139 @@
+"""GNT: half the batch clean, per-image sigma from the set, the step's batch, fine-tuning."""
+
+import importlib
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxrobust import checkpointing, methods, models, parallel, train
+from jaxrobust.methods import common, gnt
+from jaxrobust.methods.base import Context
+from tests.conftest import tiny_config
+
+SIGMAS = (0.02, 0.05, 0.1)
+
+
+
+def _noise_batch(noise, sigmas=SIGMAS, clean_fraction=0.5):
+  return jax.jit(lambda x, r: gnt.noise_batch(x, r, noise=noise, sigmas=sigmas,
+                                              clean_fraction=clean_fraction))
+
+
+@pytest.mark.parametrize('noise', ['gaussian', 'speckle'])
+def test_half_clean_and_per_image_sigma_from_the_set(noise):
+  x = jnp.full((64, 16, 16, 3), 0.5, jnp.float32)
+  mixed, sigma = _noise_batch(noise)(x, jax.random.PRNGKey(1))
+  mixed, sigma = np.asarray(mixed), np.asarray(sigma)
+  np.testing.assert_array_equal(mixed[:32], 0.5)      # the first half is untouched
+  assert np.all(sigma[:32] == 0)
+  noisy_sigma = sigma[32:]
+  # drawn per image from the set, every value used
+  np.testing.assert_allclose(np.unique(noisy_sigma), SIGMAS, rtol=1e-6)
+  # Far from the bounds nothing clips: the residual's std is sigma (gaussian) or 0.5 sigma
+  # (speckle, x * sigma * z with x = 0.5), image by image.
+  scale = 1.0 if noise == 'gaussian' else 0.5
+  std = (mixed[32:] - 0.5).reshape(32, -1).std(axis=1)
+  np.testing.assert_allclose(std, scale * noisy_sigma, rtol=0.1)
+  assert np.all(np.abs((mixed[32:] - 0.5).reshape(32, -1).mean(axis=1)) < 0.2 * noisy_sigma)
+
+
+def test_single_sigma_clipping_and_odd_batches():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.choice([0.0, 1.0, 0.001, 0.999], size=(7, 8, 8, 3)).astype(np.float32))
+  mixed, sigma = _noise_batch('gaussian', sigmas=(0.5,))(x, jax.random.PRNGKey(0))
+  mixed = np.asarray(mixed)
+  assert mixed.min() >= 0.0 and mixed.max() <= 1.0
+  assert gnt.num_clean(7, 0.5) == 4                     # round(3.5) -> 4 (banker's rounding)
+  np.testing.assert_array_equal(mixed[:4], np.asarray(x)[:4])
+  np.testing.assert_array_equal(np.asarray(sigma), [0, 0, 0, 0, 0.5, 0.5, 0.5])
+  assert not np.allclose(mixed[4:], np.asarray(x)[4:])
+
+
+def _setup(num_devices=1, channels=3, **overrides):
+  config = tiny_config(method='gnt', gnt_sigmas=SIGMAS, learning_rate=0.1,
+                       lr_schedule='constant', **overrides)
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  info = type('Info', (), {'image_shape': (8, 8, channels)})
+  m = methods.get('gnt')(config)
+  model = models.create_model('resnet_tiny', num_classes=10)
+  tx = optax.sgd(0.1, momentum=0.9)
+  m.setup(Context(config=config, model=model, tx=tx, info=info, mesh=mesh, steps_per_epoch=10,
+                  total_steps=10))
+  state = train.create_train_state(config, m, model, tx, info, jax.random.PRNGKey(0))
+  return config, mesh, m, model, parallel.replicate(state, mesh)
+
+
+def _batch(seed, size=16):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.uniform(size=(size, 8, 8, 3)).astype(np.float32),
+          'label': rng.integers(0, 10, size).astype(np.int32)}
+
+
+def test_step_trains_on_the_mixed_batch_and_compiles_once():
+  config, mesh, m, model, state = _setup()
+  host = parallel.to_host(state)
+  m.train_step = chex.assert_max_traces(m.train_step, n=1)
+  step = train.make_train_step(m, config, mesh)
+  batch = _batch(0)
+  state, metrics = step(state, parallel.shard_batch(batch, mesh))
+  # The loss is the CE of one BN-training pass over exactly noise_batch's output (same rng).
+  rng = jax.random.fold_in(jax.random.fold_in(host.rng, 0), 0)
+  noise_rng, _ = jax.random.split(rng)
+  x, _ = gnt.noise_batch(jnp.asarray(batch['image']), noise_rng, noise='gaussian',
+                         sigmas=SIGMAS, clean_fraction=0.5)
+  logits, new_stats = models.apply_model(model, host.params, host.batch_stats, x, train=True)
+  expected = common.cross_entropy(logits, jnp.asarray(batch['label']))
+  np.testing.assert_allclose(float(metrics['loss']), float(expected), rtol=1e-5)
+  # ... and the running statistics are that pass's update of `main`.
+  chex.assert_trees_all_close(parallel.to_host(state.batch_stats['main']),
+                              new_stats['main'], rtol=1e-5, atol=1e-6)
+  assert {'clean_accuracy', 'noisy_accuracy'} <= set(metrics)
+  for seed in (1, 2):
+    state, metrics = step(state, parallel.shard_batch(_batch(seed), mesh))
+  assert int(state.step) == 3 and np.isfinite(float(metrics['loss']))
+
+
+def test_validate_rejects_bad_values():
+  for bad, match in (({'gnt_noise': 'uniform'}, "gnt_noise 'uniform'.*gaussian, speckle"),
+                     ({'gnt_sigmas': (0.1, -0.2)}, 'gnt_sigmas'),
+                     ({'gnt_sigmas': ()}, 'gnt_sigmas'),
+                     ({'gnt_clean_fraction': 1.0}, 'gnt_clean_fraction')):
+    with pytest.raises(ValueError, match=match):
+      methods.get('gnt')(tiny_config(method='gnt', **bad))
+
+
+@pytest.mark.parametrize('name', ['gnt_cifar', 'gnt_imagenet'])
+def test_configs_load_and_validate(name):
+  c = importlib.import_module(f'configs.{name}').get_config()
+  train.validate_config(c)
+  m = methods.get(c.method)(c)
+  assert c.gnt_clean_fraction == 0.5
+  assert m.sigmas == ((0.5,) if name == 'gnt_imagenet' else (0.04, 0.06, 0.08, 0.09, 0.10))
+
+
+def test_digits_fine_tuning_from_a_vanilla_run(tmp_path):
+  """The GNT smoke run, started from a vanilla digits run's params and BN statistics."""
+  vanilla_dir, gnt_dir = str(tmp_path / 'vanilla'), str(tmp_path / 'gnt')
+  cfg = dict(checkpoint_every_steps=100, max_eval_examples=256)
+  train.train_and_evaluate(tiny_config(method='vanilla', num_epochs=0.25, **cfg), vanilla_dir)
+  source, _ = checkpointing.load_arrays(vanilla_dir)
+  # What init_from does to a fresh GNT state: the vanilla run's params and BN statistics.
+  config, mesh, m, model, state = _setup(channels=1)  # digits: 8x8x1
+  del config, m, model
+  restored = parallel.to_host(train._init_from(vanilla_dir, state))  # pylint: disable=protected-access
+  chex.assert_trees_all_equal(restored.params, source['params'])
+  chex.assert_trees_all_equal(restored.batch_stats['main'], source['batch_stats']['main'])
+  # The whole loop: GNT fine-tuning from the vanilla run.
+  _, res = train.train_and_evaluate(
+      tiny_config(method='gnt', init_from=vanilla_dir, num_epochs=0.5, gnt_sigmas=(0.1, 0.2),
+                  **cfg), gnt_dir)
+  assert np.isfinite(res['eval_top1']) and res['eval_top1'] > 0.15 and res['step'] > 0
+  lines = [json.loads(l) for l in open(os.path.join(gnt_dir, 'metrics.jsonl'))]
+  train_lines = [l for l in lines if l['kind'] == 'train']
+  assert train_lines and all('noisy_accuracy' in l and 'clean_accuracy' in l for l in train_lines)

@@ -1,0 +1,571 @@
+"""Reliability: preemption (a real SIGTERM), corrupt checkpoints, non-finite losses, bad input.
+
+Runs that need a real process (signals, exit status) are subprocesses of
+``python -m jaxrobust.main`` with 2 simulated CPU devices; the rest run in this process. Every
+model is ``resnet_tiny`` on the bundled digits (8x8x1), so a run is a few seconds of compute.
+
+The bad-input table (each row one parametrised test) is written to ``docs/bad_inputs.md`` when
+the whole table ran and passed, so the README's table is the tests' own output.
+"""
+
+import json
+import logging
+import os
+import pathlib
+import re
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxrobust import checkpointing, methods, models, parallel, train
+from jaxrobust.methods.base import Context
+from tests.conftest import ROOT, tiny_config
+
+PY = sys.executable
+# A tiny CLI run: resnet_tiny on digits, 16 images per step (89 steps per epoch).
+TINY = ['--config=configs/quickstart.py', '--config.model=resnet_tiny', '--config.batch_size=16',
+        '--config.eval_batch_size=64', '--config.max_eval_examples=64',
+        '--config.eval_every_epochs=0', '--config.lr_schedule=constant',
+        '--config.learning_rate=0.05']
+STEPS_PER_EPOCH = 1437 // 16
+
+
+def _env(devices: int = 2) -> dict:
+  """Environment of a child run: CPU, ``devices`` simulated devices, the repo importable."""
+  env = dict(os.environ)
+  flags = [f for f in env.get('XLA_FLAGS', '').split()
+           if not f.startswith('--xla_force_host_platform_device_count')]
+  env['XLA_FLAGS'] = ' '.join(flags + [f'--xla_force_host_platform_device_count={devices}'])
+  env.update(JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
+             PYTHONPATH=os.pathsep.join([str(ROOT), env.get('PYTHONPATH', '')]))
+  return env
+
+
+def _main(*args) -> list:
+  return [PY, '-m', 'jaxrobust.main', *args]
+
+
+def _cli(*args, timeout=900) -> subprocess.CompletedProcess:
+  return subprocess.run(_main(*args), cwd=ROOT, env=_env(), capture_output=True, text=True,
+                        timeout=timeout)
+
+
+def _assert_trees_equal(a, b):
+  """Bit-for-bit equality of two nested dict/list trees of arrays."""
+  leaves_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  leaves_b = jax.tree_util.tree_flatten_with_path(b)[0]
+  assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
+  for (path, x), (_, y) in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y),
+                                  err_msg=jax.tree_util.keystr(path))
+
+
+def _all_finite(tree) -> bool:
+  return all(np.all(np.isfinite(x)) for x in jax.tree.leaves(tree)
+             if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+# ----------------------------------------------------------------------------- preemption
+
+
+def _kill_after_checkpoint(proc: subprocess.Popen, checkpoint_dir: pathlib.Path) -> None:
+  """SIGKILLs ``proc`` as soon as ``checkpoint_dir`` (a committed orbax step) exists."""
+  while proc.poll() is None:
+    if checkpoint_dir.is_dir():
+      proc.send_signal(signal.SIGKILL)
+      return
+    time.sleep(0.01)
+
+
+def test_sigterm_then_sigkill_then_resume_is_bit_identical(tmp_path):
+  """One command, run uninterrupted and, in another workdir, (1) SIGTERM-ed mid-epoch at a step
+  k >= 4: it saves step k and exits 0; (2) restarted, resumes at k and is SIGKILL-ed right after
+  its epoch-1 checkpoint (step 89); (3) restarted, resumes at 89 and finishes. The final state
+  equals the uninterrupted run's bit for bit: the data pipeline resumes at the exact batch."""
+  args = TINY + ['--config.num_epochs=2', '--config.log_every_steps=1',
+                 '--config.checkpoint_every_steps=0']  # periodic saves only at epoch ends
+  total = 2 * STEPS_PER_EPOCH
+  full_dir, split_dir = tmp_path / 'full', tmp_path / 'split'
+
+  def start(workdir, **kwargs):
+    return subprocess.Popen(_main(*args, f'--workdir={workdir}'), cwd=ROOT, env=_env(),
+                            stdout=subprocess.DEVNULL, **kwargs)
+  with open(tmp_path / 'full.log', 'w') as full_log:
+    full = start(full_dir, stderr=full_log)
+    term = start(split_dir, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in term.stderr:  # absl logs go to stderr; signal once training is under way
+      seen.append(line)
+      m = re.search(rf'step (\d+)/{total} ', line)
+      if m and int(m.group(1)) >= 3:
+        term.send_signal(signal.SIGTERM)
+        break
+    _, rest = term.communicate(timeout=900)
+    stderr = ''.join(seen) + rest
+    assert term.returncode == 0, stderr[-3000:]
+
+    stopped = json.loads((split_dir / 'results.json').read_text())
+    k = stopped['step']
+    assert stopped['stopped_by'] == 'SIGTERM'
+    assert 3 <= k < STEPS_PER_EPOCH, 'the stop must be mid-epoch (before the first epoch ends)'
+    assert re.search(rf'Stopped by SIGTERM at step {k}\b.*Run the same command again', stderr)
+    assert sorted(int(s) for s in os.listdir(split_dir / 'checkpoints')) == [k]
+    (split_dir / 'results.json').unlink()
+
+    kill = start(split_dir, stderr=subprocess.PIPE, text=True)
+    killer = threading.Thread(target=_kill_after_checkpoint,
+                              args=(kill, split_dir / 'checkpoints' / str(STEPS_PER_EPOCH)))
+    killer.start()
+    log = kill.communicate(timeout=900)[1]
+    killer.join()
+    assert kill.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+    assert f'Resumed from the checkpoint at step {k}.' in log
+    # a SIGKILL loses the steps since the last periodic save, nothing before it
+    assert str(STEPS_PER_EPOCH) in os.listdir(split_dir / 'checkpoints')
+    assert not (split_dir / 'results.json').exists()
+
+    last = start(split_dir, stderr=subprocess.PIPE, text=True)
+    log = last.communicate(timeout=900)[1]
+    assert last.returncode == 0, log[-3000:]
+    assert f'Resumed from the checkpoint at step {STEPS_PER_EPOCH}.' in log
+    assert 'changed config' not in log  # the same command: nothing to warn about
+    assert full.wait(timeout=900) == 0, (tmp_path / 'full.log').read_text()[-3000:]
+
+  reference, step = checkpointing.load_arrays(str(full_dir))
+  arrays, step_split = checkpointing.load_arrays(str(split_dir))
+  assert step == step_split == total
+  _assert_trees_equal(reference, arrays)  # params, BN stats, optimizer state, rng: bit for bit
+  res_full = json.loads((full_dir / 'results.json').read_text())
+  res = json.loads((split_dir / 'results.json').read_text())
+  assert (res['eval_loss'], res['eval_top1']) == (res_full['eval_loss'], res_full['eval_top1'])
+
+
+def test_preemption_handler_second_signal_aborts_and_handlers_are_restored():
+  before = signal.getsignal(signal.SIGINT)
+  handler = checkpointing.PreemptionHandler()
+  try:
+    assert not handler.should_stop()
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.05)  # Python runs signal handlers between bytecodes of the main thread
+    assert handler.should_stop() and handler.signal_name == 'SIGINT'
+    with pytest.raises(KeyboardInterrupt):
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.5)
+    assert signal.getsignal(signal.SIGINT) is before
+  finally:
+    handler.restore_handlers()
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _state(value: float, *, domains=('main',), width: int = 4):
+  return {'params': {'w': jnp.full((width,), value), 'b': jnp.full((2,), value)},
+          'batch_stats': {d: {'mean': jnp.full((3,), value)} for d in domains},
+          'step': jnp.array(int(value), jnp.int32)}
+
+
+def _truncate_files(directory: pathlib.Path) -> dict:
+  """Cuts every file under ``directory`` to half its size; returns {relative path: new size}."""
+  sizes = {}
+  for f in sorted(directory.rglob('*')):
+    if f.is_file():
+      with open(f, 'r+b') as fh:
+        fh.truncate(f.stat().st_size // 2)
+      sizes[str(f.relative_to(directory))] = f.stat().st_size
+  return sizes
+
+
+def _saved(tmp_path, steps=(1, 2, 3)):
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  for s in steps:
+    ckpt.save(s, _state(float(s)))
+  ckpt.close()
+  return tmp_path / 'checkpoints'
+
+
+def test_truncated_newest_checkpoint_falls_back_and_is_kept(tmp_path, caplog):
+  directory = _saved(tmp_path)
+  sizes = _truncate_files(directory / '3')
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  with caplog.at_level('WARNING'):
+    state, step = ckpt.restore(_state(0.0))
+  ckpt.close()
+  assert step == 2 and float(state['params']['w'][0]) == 2.0
+  assert re.search(r'Checkpoint at step 3 is unreadable .*Moved it to .*checkpoints_unreadable/3 '
+                   r'\(kept, not deleted\)', caplog.text)
+  kept = tmp_path / checkpointing.UNREADABLE_DIR / '3'
+  assert {str(f.relative_to(kept)): f.stat().st_size
+          for f in sorted(kept.rglob('*')) if f.is_file()} == sizes  # the same files, untouched
+  assert sorted(os.listdir(directory)) == ['1', '2']
+
+
+def test_partial_tmp_directory_is_ignored_and_empty_step_directory_skipped(tmp_path, caplog):
+  directory = _saved(tmp_path, steps=(1, 2))
+  # a save cut short by a crash: orbax's temporary name, never renamed to "3"
+  os.makedirs(directory / '3.orbax-checkpoint-tmp-1234' / 'default')
+  os.makedirs(directory / '4')  # a step directory with nothing in it
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  assert ckpt.all_steps() == [1, 2, 4]
+  with caplog.at_level('WARNING'):
+    state, step = ckpt.restore(_state(0.0))
+  ckpt.close()
+  assert step == 2 and float(state['params']['b'][1]) == 2.0
+  assert 'step 4 is unreadable' in caplog.text and 'step 3' not in caplog.text
+  assert os.path.isdir(directory / '3.orbax-checkpoint-tmp-1234')
+
+
+def test_no_readable_checkpoint_starts_from_scratch_and_keeps_everything(tmp_path, caplog):
+  directory = _saved(tmp_path, steps=(1, 2))
+  for s in ('1', '2'):
+    _truncate_files(directory / s)
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  with caplog.at_level('WARNING'):
+    assert ckpt.restore(_state(0.0)) == (None, None)
+  assert ckpt.all_steps() == []
+  ckpt.save(1, _state(5.0))  # the step can be written again
+  ckpt.close()
+  assert 'No readable checkpoint' in caplog.text
+  assert sorted(os.listdir(tmp_path / checkpointing.UNREADABLE_DIR)) == ['1', '2']
+  arrays, step = checkpointing.load_arrays(str(tmp_path))
+  assert step == 1 and float(arrays['params']['w'][0]) == 5.0
+
+
+@pytest.mark.parametrize('target, expected', [
+    (_state(0.0, domains=('main', 'aux')),
+     r"this run needs batch_stats/aux, which the checkpoint lacks"),
+    (_state(0.0, width=8),
+     r"params/w is \(4,\) float32 in the checkpoint, \(8,\) float32 here"),
+    ({**_state(0.0), 'extras': {'head': jnp.zeros(2)}}, r'this run needs extras'),
+])
+def test_checkpoint_of_another_model_or_method_is_a_named_mismatch(tmp_path, target, expected):
+  _saved(tmp_path, steps=(1, 2))
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  with pytest.raises(checkpointing.CheckpointMismatchError, match=expected):
+    ckpt.restore(target)
+  ckpt.close()
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1', '2']  # nothing moved or deleted
+  assert not os.path.exists(tmp_path / checkpointing.UNREADABLE_DIR)
+
+
+def test_train_states_differing_in_aux_statistics_are_a_mismatch(tmp_path):
+  """A real TrainState (attributes, optax namedtuples) against orbax's metadata (dicts, lists)."""
+  tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
+  params = {'stem_conv': {'kernel': jnp.ones((3, 3, 3, 4))}, 'stem_bn': {'scale': jnp.ones(4)}}
+
+  def state(domains):
+    stats = {d: {'stem_bn': {'mean': jnp.zeros(4), 'var': jnp.ones(4)}} for d in domains}
+    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                            opt_state=tx.init(params), batch_stats=stats,
+                            rng=jax.random.PRNGKey(1), extras={})
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  ckpt.save(1, state(('main',)))
+  ckpt.wait()
+  restored, step = ckpt.restore(state(('main',)))  # same structure: restores
+  assert step == 1 and isinstance(restored, train.TrainState)
+  chex.assert_trees_all_equal(restored.opt_state, tx.init(params))
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r'needs batch_stats/aux \(2 arrays\), which the checkpoint lacks'):
+    ckpt.restore(state(('main', 'aux')))
+  ckpt.close()
+
+
+def test_run_resumes_from_the_previous_checkpoint_when_the_newest_is_truncated(tmp_path, caplog):
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  config = tiny_config(checkpoint_every_steps=5, keep_checkpoints=3)  # 22 steps: 15, 20, 22 kept
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir, mesh=mesh)
+  final, step = checkpointing.load_arrays(workdir)
+  assert step == 22 and sorted(os.listdir(tmp_path / 'run' / 'checkpoints')) == ['15', '20', '22']
+  sizes = _truncate_files(tmp_path / 'run' / 'checkpoints' / '22')
+
+  config.log_every_steps = 7            # a changed config: warned about, key by key
+  config.eval_batch_size = 64
+  with caplog.at_level(logging.INFO, logger='absl'):
+    _, results = train.train_and_evaluate(config, workdir, mesh=mesh)
+  assert 'Checkpoint at step 22 is unreadable' in caplog.text
+  assert 'Resumed from the checkpoint at step 20.' in caplog.text and results['step'] == 22
+  changed = re.findall(r'Resuming with a changed config: (\S+) was', caplog.text)
+  assert changed == ['eval_batch_size', 'log_every_steps']
+  resumed, step = checkpointing.load_arrays(workdir)
+  assert step == 22
+  _assert_trees_equal(final, resumed)  # 20 -> 22 again gives exactly the lost checkpoint
+  kept = tmp_path / 'run' / checkpointing.UNREADABLE_DIR / '22'
+  assert {str(f.relative_to(kept)): f.stat().st_size
+          for f in kept.rglob('*') if f.is_file()} == sizes
+  assert json.loads((tmp_path / 'run' / 'config.json').read_text())['log_every_steps'] == 7
+
+
+def test_config_dump_warns_about_every_changed_key(tmp_path, caplog):
+  first = tiny_config()
+  first.ews = {'rho': 0.5, 'search': 'controller'}
+  assert train._config_dump(first, str(tmp_path)) == []
+  second = tiny_config(learning_rate=0.3, model='resnet8')
+  second.ews = {'rho': 0.25, 'search': 'controller'}
+  second.new_key = 1
+  with caplog.at_level('WARNING'):
+    changes = train._config_dump(second, str(tmp_path))
+  assert [k for k, _, _ in changes] == ['ews.rho', 'learning_rate', 'model', 'new_key']
+  for key, old, new in [('ews.rho', 0.5, 0.25), ('learning_rate', 0.05, 0.3),
+                        ('model', 'resnet_tiny', 'resnet8'), ('new_key', '<unset>', 1)]:
+    assert f'changed config: {key} was {old!r}, now {new!r}' in caplog.text
+  assert json.loads((tmp_path / 'config.json').read_text())['ews']['rho'] == 0.25
+
+
+# ----------------------------------------------------------------------------- non-finite
+
+
+def test_nan_stops_cleanly_naming_the_step_and_the_previous_checkpoint_is_intact(tmp_path):
+  # The learning rate jumps by 1e30 at step 7 (lr_boundaries is in epochs: 0.08 * 89 = 7).
+  # Checks run only where a checkpoint is due (log_every_steps=1000), i.e. right before a save:
+  # the NaN state after step 7 must be caught before the save at step 10.
+  workdir = tmp_path / 'nan'
+  result = _cli(*TINY, f'--workdir={workdir}', '--config.num_epochs=0.2',
+                '--config.checkpoint_every_steps=5', '--config.log_every_steps=1000',
+                '--config.lr_schedule=step', '--config.lr_boundaries=(0.08,)',
+                '--config.lr_decay_factor=1e30')
+  assert result.returncode == 3, result.stderr[-3000:]
+  m = re.search(r'error: Non-finite (.+) at step (\d+) \(update \d+\); stopping\. The last good '
+                r'checkpoint in \S+ \(steps \[5\]\) is intact', result.stderr)
+  assert m, result.stderr[-3000:]
+  assert 'loss' in m.group(1) or 'parameters' in m.group(1)
+  assert 8 <= int(m.group(2)) <= 10
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['5']
+  arrays, step = checkpointing.load_arrays(str(workdir))
+  assert step == 5 and int(arrays['step']) == 5 and _all_finite(arrays)
+
+
+def test_overflowing_update_with_finite_loss_is_flagged_and_skipped():
+  """A finite loss with an overflowing update: 'finite' is 0 and 'skip' keeps the old state."""
+  config = tiny_config(nonfinite='skip')
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  m = methods.get('vanilla')(config)
+  model = models.create_model('resnet_tiny', num_classes=10)
+  # the update overflows float32 for any gradient entry above ~3e-22
+  tx = optax.chain(optax.scale(1e30), optax.scale(-1e30))
+  m.setup(Context(config=config, model=model, tx=tx, info=None, mesh=mesh, steps_per_epoch=1,
+                  total_steps=1))
+
+  class Info:
+    image_shape = (8, 8, 3)
+  state = parallel.replicate(
+      train.create_train_state(config, m, model, tx, Info, jax.random.PRNGKey(0)), mesh)
+  before = parallel.to_host(state.params)
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.uniform(size=(8, 8, 8, 3)).astype(np.float32),
+           'label': rng.integers(0, 10, 8).astype(np.int32)}
+  state, metrics = train.make_train_step(m, config, mesh)(state, parallel.shard_batch(batch, mesh))
+  metrics = parallel.to_host(metrics)
+  assert np.isfinite(metrics['loss'])
+  assert metrics['finite'] == 0.0 and metrics['state_finite'] == 0.0
+  assert int(state.step) == 1
+  chex.assert_trees_all_equal(before, parallel.to_host(state.params))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+_TABLE: dict = {}
+
+
+def _make_folder(root: pathlib.Path, splits=('train', 'test'), classes=('a', 'b'), images=4,
+                 bad_file=None) -> pathlib.Path:
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split in splits:
+    for c in classes:
+      os.makedirs(root / split / c, exist_ok=True)
+      for i in range(images):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+            root / split / c / f'{i}.jpg')
+  if bad_file:
+    (root / bad_file).write_bytes(b'this is not a JPEG ' * 8)
+  return root
+
+
+FOLDERS = {'missing': 'a path that does not exist', 'empty': 'an empty directory',
+           'no_images': 'split/class directories without images',
+           'no_eval_split': 'only a train split', 'unreadable_image': 'a .jpg that is not an image'}
+
+
+def _build_folder(kind: str, root: pathlib.Path) -> str:
+  """Builds a dataset folder of the given kind (see FOLDERS); returns the dataset string."""
+  if kind == 'missing':
+    return f'folder:{root}/does_not_exist'
+  if kind == 'empty':
+    os.makedirs(root / 'data')
+  elif kind == 'no_images':
+    _make_folder(root / 'data', images=0)
+  elif kind == 'no_eval_split':
+    _make_folder(root / 'data', splits=('train',))
+  elif kind == 'unreadable_image':
+    _make_folder(root / 'data', bad_file='train/b/2.jpg')
+  return f'folder:{root}/data'
+
+
+def _other_model_checkpoint(root: pathlib.Path) -> None:
+  """A workdir holding a checkpoint (and config.json) written by resnet8, not resnet_tiny."""
+  config = tiny_config(model='resnet8')
+  os.makedirs(root)
+  train._config_dump(config, str(root))
+  info, method, model, tx, _, _ = train.build(config, parallel.make_mesh(jax.devices()[:1]))
+  shapes = jax.eval_shape(lambda: train.create_train_state(config, method, model, tx, info,
+                                                           jax.random.PRNGKey(0)))
+  state = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)  # shapes are what matter
+  ckpt = checkpointing.Checkpointer(str(root))
+  ckpt.save(5, state)
+  ckpt.close()
+
+
+# (id, kind, input, expected message regex). kind: 'cli' = python -m jaxrobust.main with
+# configs/vanilla_cifar.py plus the flags; 'config' = tiny_config(**overrides) through
+# train.train_and_evaluate (8 devices); 'folder' = a dataset folder built by a function;
+# 'distributed' = parallel.distributed_kwargs(**kwargs); 'workdir' = a prepared workdir.
+BAD_INPUTS = [
+    ('cli_model', 'cli', ['--config.model=nonexistent'],
+     r"Unknown model 'nonexistent'\. Valid models: .*resnet18.*resnet_tiny"),
+    ('cli_dataset', 'cli', ['--config.dataset=nonexistent'],
+     r"Unknown dataset 'nonexistent'\. Valid: digits, folder:.*cifar10"),
+    ('cli_method', 'cli', ['--config.method=nonexistent'],
+     r"Unknown method 'nonexistent'\. Valid methods: .*vanilla"),
+    ('cli_config_key', 'cli', ['--config.modle=resnet18'],
+     r"unknown config key 'modle'\. Did you mean \"model\""),
+    ('optimizer', 'config', {'optimizer': 'rmsprop'},
+     r"Unknown optimizer 'rmsprop'; valid: sgd, adam, adamw"),
+    ('lr_schedule', 'config', {'lr_schedule': 'linear'},
+     r"Unknown lr_schedule 'linear'; valid: constant, cosine, step, onecycle"),
+    ('nonfinite', 'config', {'nonfinite': 'ignore'}, r"Unknown nonfinite 'ignore'; valid: stop, skip"),
+    ('augment', 'config', {'augment': 'randaugment'},
+     r"Unknown augment 'randaugment'; valid: auto, cifar, imagenet, none"),
+    ('stem', 'config', {'stem': 'patchify'}, r"Unknown stem 'patchify'; valid: auto, cifar"),
+    ('batch_not_divisible', 'config', {'batch_size': 100},
+     r'batch_size=100 must be a positive multiple of the number of devices \(8\): try 96'),
+    ('eval_batch_not_divisible', 'config', {'eval_batch_size': 12},
+     r'eval_batch_size=12 must be a positive multiple of the number of devices \(8\)'),
+    ('batch_zero', 'config', {'batch_size': 0}, r'batch_size=0 is out of range; allowed: > 0'),
+    ('batch_too_large', 'config', {'batch_size': 2048},
+     r'batch_size=2048 exceeds the 1437 training examples'),
+    ('epochs_zero', 'config', {'num_epochs': 0.0}, r'num_epochs=0.0 is out of range; allowed: > 0'),
+    ('epochs_negative', 'config', {'num_epochs': -1.0}, r'num_epochs=-1.0 is out of range'),
+    ('lr_negative', 'config', {'learning_rate': -0.1},
+     r'learning_rate=-0.1 is out of range; allowed: >= 0'),
+    ('momentum', 'config', {'momentum': 1.0}, r'momentum=1.0 is out of range; allowed: \[0, 1\)'),
+    ('label_smoothing', 'config', {'label_smoothing': 1.5},
+     r'label_smoothing=1.5 is out of range; allowed: \[0, 1\)'),
+    ('keep_checkpoints', 'config', {'keep_checkpoints': 0},
+     r'keep_checkpoints=0 is out of range; allowed: >= 1'),
+    ('advprop_eps', 'config', {'method': 'advprop', 'advprop_eps': -0.1},
+     r'advprop_eps=-0\.1 is out of range'),
+    ('ews_rho', 'config', {'method': 'ews', 'ews_rho': 1.5}, r'rho.* must be in \(0, 1\]'),
+    ('auxtrain_severity', 'config', {'method': 'auxtrain',
+                                     'auxtrain_corruptions': ('gaussian_noise',),
+                                     'auxtrain_severities': (6,)},
+     r'auxtrain_severities: 6 is not a severity; valid: \(1, 2, 3, 4, 5\)'),
+    ('folder_missing', 'folder', 'missing', r"Image folder '.*' does not exist"),
+    ('folder_empty', 'folder', 'empty', r"has no split directories"),
+    ('folder_no_images', 'folder', 'no_images', r"has no images in split\(s\)"),
+    ('folder_no_eval_split', 'folder', 'no_eval_split',
+     r"has no evaluation split \(looked for test, validation, val\); it has \['train'\]"),
+    ('folder_unreadable_image', 'folder', 'unreadable_image',
+     r"unreadable image file '.*train/b/2\.jpg'"),
+    ('init_from_missing', 'config', {'init_from': '/nonexistent/run'},
+     r"init_from='/nonexistent/run': no checkpoints directory"),
+    ('resume_other_model', 'workdir', _other_model_checkpoint,
+     r'was written by a different model or method: .*params/.* is .* in the checkpoint, .* here'
+     r'.*Its config.json differs from this run in: model \(\'resnet8\' -> \'resnet_tiny\'\)'),
+    ('processes_without_coordinator', 'distributed', {'num_processes': 2, 'process_id': 0},
+     r'num_processes=2 needs --coordinator_address=host:port'),
+    ('process_id_out_of_range', 'distributed',
+     {'num_processes': 2, 'process_id': 2, 'coordinator_address': '127.0.0.1:1234'},
+     r'process_id=2 must be in \[0, 2\)'),
+]
+
+
+def _describe(kind, value) -> str:
+  if kind == 'cli':
+    return 'python -m jaxrobust.main --config=configs/vanilla_cifar.py ' + ' '.join(value)
+  if kind == 'config':
+    return ', '.join(f'{k}={v!r}' for k, v in value.items())
+  if kind == 'folder':
+    return f'dataset=folder:<{FOLDERS[value]}>'
+  if kind == 'workdir':
+    return 'model=resnet_tiny in a workdir whose checkpoint was written by resnet8'
+  return 'multi-process flags: ' + ', '.join(f'--{k}={v}' for k, v in value.items())
+
+
+def _no_compile(*args, **kwargs):
+  raise AssertionError('the bad input was not rejected before compiling')
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _write_bad_inputs_table():
+  """Writes docs/bad_inputs.md once every row of BAD_INPUTS ran (and passed) in this session."""
+  yield
+  if set(_TABLE) != {row[0] for row in BAD_INPUTS}:
+    return
+  lines = ['# Bad input and the message it produces', '',
+           'Generated by `tests/test_reliability.py` (each row is a test); 8 simulated devices.',
+           '', '| Input | Message |', '|---|---|']
+  for case_id, *_ in BAD_INPUTS:
+    if _TABLE[case_id] is not None:
+      tried, message = _TABLE[case_id]
+      message = message.replace('|', r'\|')
+      lines.append(f'| `{tried}` | {message} |')
+  (ROOT / 'docs').mkdir(exist_ok=True)
+  (ROOT / 'docs' / 'bad_inputs.md').write_text('\n'.join(lines) + '\n')
+
+
+@pytest.mark.parametrize('case_id, kind, value, expected', BAD_INPUTS,
+                         ids=[row[0] for row in BAD_INPUTS])
+def test_bad_input_fails_early_with_a_message(case_id, kind, value, expected, tmp_path,
+                                              monkeypatch):
+  tried = _describe(kind, value)
+  if kind == 'config' and value.get('method', 'vanilla') not in methods.names():
+    _TABLE[case_id] = None
+    pytest.skip(f'method {value["method"]} is not implemented (yet)')
+  if kind == 'cli':
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = _cli('--config=configs/vanilla_cifar.py', f'--workdir={tmp_path}/run', *value,
+                  timeout=600)
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert result.returncode == 2, result.stderr[-2000:]
+    # "within seconds": CPU seconds of the child (wall time depends on the machine's load)
+    cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
+    assert cpu < 30, f'took {cpu:.0f} CPU seconds to reject'
+    errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+    assert errors, result.stderr[-2000:]
+    message = errors[-1][len('error: '):] + ' (exit status 2)'
+  elif kind == 'distributed':
+    with pytest.raises(ValueError) as e:
+      parallel.distributed_kwargs(**value)
+    message = str(e.value)
+  else:
+    monkeypatch.setattr(train, 'make_train_step', _no_compile)
+    config = tiny_config()
+    if kind == 'config':
+      config = tiny_config(**value)
+    elif kind == 'folder':
+      config = tiny_config(dataset=_build_folder(value, tmp_path), batch_size=8,
+                           eval_batch_size=8)
+    elif kind == 'workdir':
+      value(tmp_path / 'run')
+    if kind != 'workdir':
+      monkeypatch.setattr(train, 'create_train_state', _no_compile)  # nothing compiled at all
+    with pytest.raises(ValueError) as e:
+      train.train_and_evaluate(config, str(tmp_path / 'run'))
+    message = str(e.value)
+    if kind == 'workdir':  # config.json still describes the checkpoint it sits beside
+      assert json.loads((tmp_path / 'run' / 'config.json').read_text())['model'] == 'resnet8'
+  assert re.search(expected, message), message
+  _TABLE[case_id] = (tried, message.replace(str(tmp_path), '<tmp>').replace(
+      str(pathlib.Path(tmp_path).resolve()), '<tmp>'))
