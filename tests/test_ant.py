@@ -43,22 +43,29 @@ def _batch(seed, size=20):
           'label': rng.integers(0, 10, size).astype(np.int32)}
 
 
-def _edge_images(size=20):
-  """Images at and near the bounds (where clipping bites), and ordinary ones."""
+def _edge_images():
+  """20 images; in each 10-image device shard the noisy slots 5-9 (5-7 current generator, 8-9
+  replay) hold images at and near the bounds, where clipping bites, and ordinary ones."""
   rng = np.random.default_rng(3)
-  values = [0.0, 1.0, 1e-3, 1 - 1e-3]
-  x = rng.uniform(size=(size, 8, 8, 3)).astype(np.float32)
-  for i in range(size):
-    if i % 5 < 4:
-      x[i] = values[i % 5]
-    if i % 7 == 0:
-      x[i] = rng.choice(values, size=(8, 8, 3))
+  x = rng.uniform(size=(20, 8, 8, 3)).astype(np.float32)
+  mixed = rng.choice([0.0, 1.0, 1e-3, 1 - 1e-3], size=(8, 8, 3))
+  for i, v in {5: 0.0, 6: 1.0, 8: 1e-3, 9: 1 - 1e-3, 15: 1e-3, 16: 1 - 1e-3, 17: mixed,
+               18: 0.0, 19: 1.0}.items():
+    x[i] = v
   return x
 
 
 def _norms(a, b):
   d = np.asarray(a, np.float64) - np.asarray(b, np.float64)
   return np.sqrt(np.sum(d.reshape(d.shape[0], -1) ** 2, axis=1))
+
+
+def _reachable(x, delta):
+  """Largest applied L2 norm along ``delta``: every moving pixel pushed to the bound it faces."""
+  x = np.asarray(x, np.float64).reshape(len(x), -1)
+  d = np.asarray(delta).reshape(len(x), -1)
+  room = np.where(d > 0, 1.0 - x, np.where(d < 0, x, 0.0))
+  return np.sqrt(np.sum(room ** 2, axis=1))
 
 
 def _perturbed(extras, seed=0):
@@ -88,7 +95,8 @@ def shared():
 def test_batch_fed_to_the_classifier_has_norm_eps_after_clipping(shared):
   """The exact batches of a real 2-device step: the step's loss is the mean over devices of the
   CE of one BN-training pass over each device's composed batch; its clean part is the input, and
-  every noisy image is exactly eps away after clipping, also for images at and near 0 and 1."""
+  every noisy image is exactly eps away after clipping (also at and near 0 and 1), or as far as
+  its noise direction can move it at all when that is less."""
   m, mesh, host = shared.m, shared.mesh, shared.host
   # A non-trivial current generator and a full buffer of two other generators.
   extras = dict(host.extras)
@@ -119,11 +127,23 @@ def test_batch_fed_to_the_classifier_has_norm_eps_after_clipping(shared):
     np.testing.assert_array_equal(np.bincount(source), [5, 3, 2])   # 50 / 30 / 20 %
     np.testing.assert_array_equal(x[:5], x_d[:5])
     assert x.min() >= 0.0 and x.max() <= 1.0
-    np.testing.assert_allclose(_norms(x[5:], x_d[5:]), EPS, atol=1e-4)
     assert np.all((index[8:] >= 0) & (index[8:] < 2)) and np.all(index[:8] == -1)
-    # The current-generator part is the updated generator's noise (same images, same key).
-    x_cur = noise(gen, jax.random.split(mix_rng)[0], jnp.asarray(x_d[5:8]))
-    np.testing.assert_allclose(x[5:8], np.asarray(x_cur), atol=1e-6)
+    # The noise directions, rebuilt from the same keys: the current (updated) generator, and
+    # for the replayed images the buffer entry that index names.
+    cur_rng, rep_rng = jax.random.split(mix_rng)
+    d_cur = m.generator.apply({'params': gen}, m.generator.sample_latent(cur_rng, (3, 8, 8, 3)))
+    z_rep = m.generator.sample_latent(jax.random.split(rep_rng)[1], (2, 8, 8, 3))
+    d_rep = [m.generator.apply({'params': jax.tree.map(lambda r: r[i], host.extras['replay'])},
+                               z_rep[k:k + 1])[0] for k, i in enumerate(index[8:])]
+    delta = np.concatenate([np.asarray(d_cur), np.stack(d_rep)])
+    # Applied (post-clipping) norm = eps exactly, unless even pushing every pixel to the bound
+    # its noise points at moves the image less (e.g. an all-0 image and a darkening generator).
+    reach = _reachable(x_d[5:], delta)
+    np.testing.assert_allclose(_norms(x[5:], x_d[5:]), np.minimum(EPS, reach), atol=1e-4)
+    # The replayed images (at / near 0 and 1, generators of mixed sign) reach eps exactly.
+    assert np.all(reach[3:] > EPS)
+    np.testing.assert_allclose(x[5:8], np.asarray(noise(gen, cur_rng, jnp.asarray(x_d[5:8]))),
+                               atol=1e-6)
   np.testing.assert_allclose(float(metrics['loss']), np.mean(losses), rtol=1e-5)
 
 

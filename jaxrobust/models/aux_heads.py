@@ -128,7 +128,9 @@ def init_heads(head: AuxClassifier, rng, num_heads: int, channels: int):
   """
   if num_heads < 1:
     raise ValueError(f'num_heads must be >= 1, got {num_heads}.')
-  # Parameter shapes do not depend on the spatial size, so any small map initialises them.
+  # Parameter shapes do not depend on the spatial size, so any small map initialises them; the
+  # initialisation runs outside any mapped axis, so without synchronised statistics.
+  head = head.clone(axis_name=None)
   dummy = jnp.zeros((2, 4, 4, channels), jnp.float32)
   keys = jax.random.split(rng, num_heads)
   return jax.jit(jax.vmap(lambda k: head.init(k, dummy)['params']))(keys)
