@@ -7,7 +7,7 @@ On the local CIFAR-10 copy, with the CPU-sized recipe that every method is compa
 
     python -m jaxrobust.main --config=configs/vanilla_cifar.py --workdir=/tmp/vanilla_small \
       --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
-      --config.num_epochs=6 --config.lr_schedule=onecycle --config.learning_rate=0.2
+      --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2
 """
 
 from configs import default
