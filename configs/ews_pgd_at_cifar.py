@@ -8,7 +8,7 @@ the best checkpoint by robust accuracy from the periodic evaluations.
 
     python -m jaxrobust.main --config=configs/ews_pgd_at_cifar.py --workdir=/tmp/ews_pgd_at
 
-Without EWS (the baseline): ``--config.method=pgd_at``; with AWP on top: ``--config.awp_gamma=5e-3``.
+Without EWS (the baseline): ``--config.method=pgd_at``; AWP on top: ``--config.awp_gamma=5e-3``.
 """
 
 from configs import default

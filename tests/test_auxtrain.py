@@ -343,8 +343,9 @@ def test_configs_load_and_validate(name):
 
 
 def test_digits_end_to_end(tmp_path):
-  """The paper's four corruptions on 8x8x1 digits, 8 simulated devices."""
-  config = tiny_config(method='auxtrain', num_epochs=0.25, checkpoint_every_steps=0)
+  """The paper's four corruptions on 8x8x1 digits, 8 simulated devices, synchronised BN."""
+  config = tiny_config(method='auxtrain', num_epochs=0.25, checkpoint_every_steps=0,
+                       sync_batch_stats=True)  # also exercises BN synchronised in every group
   state, results = train.train_and_evaluate(config, str(tmp_path))
   assert results['step'] == int(state.step) > 0
   assert 0.0 <= results['eval_top1'] <= 1.0 and np.isfinite(results['eval_loss'])

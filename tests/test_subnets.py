@@ -229,12 +229,14 @@ def test_lowest_l1_block_restricted_and_residual_drop():
     for name, c in b.layers:
       l1 = np.abs(np.asarray(params[b.name][name]['kernel'])).sum(axis=(0, 1, 2))
       m = subnets.num_kept(0.5, c, keep_one_out=True)
-      np.testing.assert_array_equal(np.flatnonzero(masks[b.name][name]), np.sort(np.argsort(l1)[:m]))
+      np.testing.assert_array_equal(np.flatnonzero(masks[b.name][name]),
+                                    np.sort(np.argsort(l1)[:m]))
   # Paths: mean |w| over the path's kernels; the identity shortcut scores 1/C (mean |I|).
-  for b, shortcut in (('stage1_block1', 1 / 8),
-                      ('stage2_block1', np.abs(params['stage2_block1']['shortcut_conv']['kernel']).mean())):
+  projection = np.abs(params['stage2_block1']['shortcut_conv']['kernel']).mean()
+  for b, shortcut in (('stage1_block1', 1 / 8), ('stage2_block1', projection)):
     residual = np.mean([np.abs(params[b][n]['kernel']).mean() for n in ('conv1', 'conv2')])
-    np.testing.assert_array_equal(masks[b]['path'], [1.0, 0.0] if residual < shortcut else [0.0, 1.0])
+    expected = [1.0, 0.0] if residual < shortcut else [0.0, 1.0]
+    np.testing.assert_array_equal(masks[b]['path'], expected)
 
   only = jax.jit(space.random_in_block, static_argnums=1)(jax.random.key(5), 'stage2_block1')
   full = space.full()

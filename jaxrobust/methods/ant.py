@@ -13,7 +13,8 @@ footnote 3), so the perturbation the classifier actually sees has L2 norm exactl
 One training step (per device shard of ``b`` images; ``k = ant_gen_steps``):
 
 1. Generator phase (``lax.scan`` of ``k`` steps): each step draws fresh ``z``, noises the whole
-   shard with the current generator, and takes one ``ant_gen_optimizer`` step on ``phi`` that
+   shard with the current generator (every image, not only the 30% it will perturb for the
+   classifier: each gives the generator a gradient), and takes one ``ant_gen_optimizer`` step on ``phi`` that
    *increases* ``CE(f_theta(x + delta), y)`` (gradients ``pmean``-ed over devices so the
    replicated generator stays identical). The classifier is frozen: its parameters get no
    update and its BatchNorm running statistics are not touched (see the BN rule below).

@@ -35,11 +35,13 @@ arrays passed to the backbone (``subnet=masks``), so one compiled step serves ev
 
 * ``'ews'`` (natural): ``CE(M(x), y) + lambda KL(M(x) || alpha(x))``.
 * ``'ews_pgd_at'``: ``phi = CE``, ``gamma = pgd_at_gamma`` (0):
-  ``CE(M(x'), y) + lambda KL(M(x') || alpha(x')) + gamma [CE(M(x), y) + lambda KL(M(x) || alpha(x))]``.
+  ``CE(M(x'), y) + lambda KL(M(x') || alpha(x'))``
+  ``+ gamma [CE(M(x), y) + lambda KL(M(x) || alpha(x))]``.
 * ``'ews_trades'``: ``phi = KL(M(x) || M(x'))`` (through both sides, as TRADES), ``gamma = 1/6``.
   Eq. 3-4 multiplied by ``beta = 1/gamma = trades_beta`` (6) so that ``lambda = 0`` is exactly
   the published TRADES loss and its learning rate:
-  ``CE(M(x), y) + beta KL(M(x) || M(x')) + lambda [beta KL(M(x') || alpha(x')) + KL(M(x) || alpha(x))]``.
+  ``CE(M(x), y) + beta KL(M(x) || M(x'))``
+  ``+ lambda [beta KL(M(x') || alpha(x')) + KL(M(x) || alpha(x))]``.
 * ``'awp'``: PGD-AT or TRADES (``awp_base``) with adversarial weight perturbation and no EWS.
 
 The adversarial bases reuse :mod:`jaxrobust.methods.adversarial_training` and its config keys
@@ -206,7 +208,8 @@ class EWS(Method):
     if self.base is not None:
       self.base = self.base(c)  # validates the base's own keys (pgd_at_* / trades_*)
     self.label_smoothing = float(c.get('label_smoothing', 0.0))
-    self.lam = at.check_nonnegative('ews_lambda', c.get('ews_lambda', 1.0)) if self.uses_ews else 0.0
+    self.lam = (at.check_nonnegative('ews_lambda', c.get('ews_lambda', 1.0))
+                if self.uses_ews else 0.0)
     self.rho = subnets.check_rho(c.get('ews_rho', 0.5))
     if self.rho >= 1.0:
       raise ValueError(f'ews_rho={self.rho}: a subnet needs rho in (0, 1) (rho = 1 is the full '
