@@ -126,7 +126,8 @@ def test_digits_fine_tuning_from_a_vanilla_run(tmp_path):
   # What init_from does to a fresh GNT state: the vanilla run's params and BN statistics.
   config, mesh, m, model, state = _setup(channels=1)  # digits: 8x8x1
   del config, m, model
-  restored = parallel.to_host(train._init_from(vanilla_dir, state))  # pylint: disable=protected-access
+  init_from = train._init_from  # pylint: disable=protected-access
+  restored = parallel.to_host(init_from(vanilla_dir, state))
   chex.assert_trees_all_equal(restored.params, source['params'])
   chex.assert_trees_all_equal(restored.batch_stats['main'], source['batch_stats']['main'])
   # The whole loop: GNT fine-tuning from the vanilla run.

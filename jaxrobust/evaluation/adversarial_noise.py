@@ -195,7 +195,11 @@ def adversarial_eps_star(logits_fn: LogitsFn, train_batches: BatchesArg, eval_ba
     stats.update(generator_ce_start=float(ces[0]), generator_ce_end=float(np.mean(ces[-10:])))
     per_generator.append(stats)
   values = np.array([s['eps_star'] for s in per_generator], np.float64)
-  result = {'eps_star': float(np.mean(values)), 'eps_star_std': float(np.std(values)),
+  # A median of +inf (most images never flipped along that generator's noise) is a valid eps*;
+  # the spread is then 0 if all agree and undefined (nan) otherwise.
+  spread = (float(np.std(values)) if np.all(np.isfinite(values)) else
+            0.0 if np.all(values == values[0]) else float('nan'))
+  result = {'eps_star': float(np.mean(values)), 'eps_star_std': spread,
             'per_generator': per_generator, 'eps': float(eps), 'steps': int(steps),
             'learning_rate': float(learning_rate), 'optimizer': optimizer,
             'generator': '1x1' if generator.kernel_3x3_layer is None else '3x3',

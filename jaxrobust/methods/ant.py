@@ -14,10 +14,11 @@ One training step (per device shard of ``b`` images; ``k = ant_gen_steps``):
 
 1. Generator phase (``lax.scan`` of ``k`` steps): each step draws fresh ``z``, noises the whole
    shard with the current generator (every image, not only the 30% it will perturb for the
-   classifier: each gives the generator a gradient), and takes one ``ant_gen_optimizer`` step on ``phi`` that
-   *increases* ``CE(f_theta(x + delta), y)`` (gradients ``pmean``-ed over devices so the
-   replicated generator stays identical). The classifier is frozen: its parameters get no
-   update and its BatchNorm running statistics are not touched (see the BN rule below).
+   classifier: each gives the generator a gradient), and takes one ``ant_gen_optimizer`` step
+   on ``phi`` that *increases* ``CE(f_theta(x + delta), y)`` (gradients ``pmean``-ed over
+   devices so the replicated generator stays identical). The classifier is frozen: its
+   parameters get no update and its BatchNorm running statistics are not touched (see the BN
+   rule below).
 2. Classifier phase: the shard is split 50 / 30 / 20 % (``ant_clean_fraction`` /
    ``ant_current_fraction`` / ``ant_replay_fraction``, the paper's composition):
    clean images; images noised by the just-updated generator; images noised by generators
