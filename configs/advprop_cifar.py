@@ -23,18 +23,9 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
+  # MixProp Table 1's AdvProp column: CIFAR-100, PreAct ResNet-18, MixProp's section 4.1 schedule.
+  c = default.mixprop_cifar100_recipe(default.get_config())
   c.method = 'advprop'
-  c.dataset = 'cifar100'        # MixProp Table 1 (AdvProp column)
-  c.model = 'preact_resnet18'
-  c.num_epochs = 320.0          # MixProp section 4.1 (CIFAR-100 schedule)
-  c.batch_size = 128
-  c.learning_rate = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.lr_schedule = 'step'
-  c.lr_boundaries = (100, 180, 260)
-  c.lr_decay_factor = 0.1
   # Attacker: PGD-1, eps = 1 (0-255 units) = 1/255, step 1/255, random start, untargeted.
   c.advprop_attack = 'advprop_pgd1'
   c.advprop_eps = ml_collections.FieldReference(None, field_type=float)        # None = preset

@@ -15,21 +15,8 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
+  c = default.imagenet_resnet_recipe(default.get_config(), model='resnet50')
   c.method = 'advprop'
-  c.dataset = 'imagenet2012'
-  c.image_size = 224
-  c.augment = 'imagenet'
-  c.model = 'resnet50'
-  c.num_epochs = 90.0          # He et al. 2016
-  c.batch_size = 256
-  c.eval_batch_size = 500
-  c.learning_rate = 0.1        # for batch 256; scale linearly with the batch size
-  c.momentum = 0.9
-  c.weight_decay = 1e-4
-  c.lr_schedule = 'step'
-  c.lr_boundaries = (30, 60)
-  c.lr_decay_factor = 0.1
   c.sync_batch_stats = False   # per-device BN as in the reference TPU/GPU setups
   c.advprop_attack = 'advprop_pgd5'   # PGD5 (eps=4), Table 8
   c.advprop_eps = ml_collections.FieldReference(None, field_type=float)

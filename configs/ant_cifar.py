@@ -35,15 +35,8 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
+  c = default.cifar_resnet18_recipe(default.get_config())
   c.method = 'ant'
-  c.dataset = 'cifar10'
-  c.model = 'resnet18'
-  c.num_epochs = 200.0
-  c.batch_size = 128
-  c.learning_rate = 0.1
-  c.weight_decay = 5e-4
-  c.lr_schedule = 'cosine'
   c.ant_generator = '1x1'           # ANT 1x1: four 1x1 convolutions (section 3.2)
   c.ant_gen_features = 20           # hidden width of the reference generator
   c.ant_eps = 9.2                   # see above (our choice; the paper's is for ImageNet)

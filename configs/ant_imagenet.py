@@ -22,20 +22,8 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
+  c = default.imagenet_finetuning_recipe(default.get_config())
   c.method = 'ant'
-  c.dataset = 'imagenet2012'
-  c.image_size = 224
-  c.augment = 'imagenet'
-  c.model = 'resnet50'
-  c.num_epochs = 30.0
-  c.batch_size = 256
-  c.eval_batch_size = 500
-  c.learning_rate = 0.01            # fine-tuning (our choice, as gnt_imagenet)
-  c.momentum = 0.9
-  c.weight_decay = 1e-4
-  c.lr_schedule = 'cosine'
-  c.init_from = ''                  # workdir of a pretrained (vanilla) ResNet-50 run
   c.ant_generator = '1x1'
   c.ant_gen_features = 20
   c.ant_eps = 135.0                 # GN sigma=0.5 equivalent at 224x224x3 (see above)

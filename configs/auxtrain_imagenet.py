@@ -16,18 +16,7 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
-  c.dataset = 'imagenet2012'
-  c.model = 'resnet18'
-  c.num_epochs = 90.0
-  c.batch_size = 256
-  c.eval_batch_size = 500
-  c.learning_rate = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 1e-4
-  c.lr_schedule = 'step'
-  c.lr_boundaries = (30.0, 60.0)
-  c.lr_decay_factor = 0.1
+  c = default.imagenet_resnet_recipe(default.get_config(), model='resnet18')
   c = auxtrain_cifar10.add_auxtrain(c)
   c.auxtrain_severities = (1, 1, 5, 5)  # ImageNet table: noise 0.08, blur sigma 1, 30 deg, 0.5
   c.auxtrain_merge_fraction = 60 / 90

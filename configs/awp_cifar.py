@@ -12,13 +12,13 @@ AWP-EWS (the paper's Table 4): ``--config.method=ews_pgd_at`` (or ``ews_trades``
 config's ``awp_gamma``.
 """
 
-from configs import default
+from configs import pgd_at_cifar, trades_cifar
 from configs.ews_cifar import add_ews_keys
-from configs.ews_pgd_at_cifar import add_adversarial_recipe
 
 
 def get_config():
-  c = add_ews_keys(add_adversarial_recipe(default.get_config()))
+  # Both bases' keys, so that --config.awp_base=trades works without more flags.
+  c = add_ews_keys(trades_cifar.add_trades_keys(pgd_at_cifar.get_config()))
   c.method = 'awp'
   c.awp_base = 'pgd_at'
   c.awp_gamma = 5e-3

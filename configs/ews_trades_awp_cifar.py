@@ -9,13 +9,12 @@ layer-wise relative to the weight norm, one ascent step per iteration, applied f
 TRADES-AWP without EWS: ``--config.method=awp --config.awp_base=trades``.
 """
 
-from configs import default
+from configs import trades_cifar
 from configs.ews_cifar import add_ews_keys
-from configs.ews_pgd_at_cifar import add_adversarial_recipe
 
 
 def get_config():
-  c = add_ews_keys(add_adversarial_recipe(default.get_config()))
+  c = add_ews_keys(trades_cifar.get_config())
   c.method = 'ews_trades'
   c.awp_base = 'trades'
   c.awp_gamma = 5e-3

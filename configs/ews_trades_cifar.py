@@ -10,12 +10,11 @@ at eps 8/255; lambda = 1; the search judges subnets on the TRADES adversarial ex
 Without EWS: ``--config.method=trades``.
 """
 
-from configs import default
+from configs import trades_cifar
 from configs.ews_cifar import add_ews_keys
-from configs.ews_pgd_at_cifar import add_adversarial_recipe
 
 
 def get_config():
-  c = add_ews_keys(add_adversarial_recipe(default.get_config()))
+  c = add_ews_keys(trades_cifar.get_config())
   c.method = 'ews_trades'
   return c

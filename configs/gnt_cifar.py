@@ -29,15 +29,8 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
+  c = default.cifar_resnet18_recipe(default.get_config())
   c.method = 'gnt'
-  c.dataset = 'cifar10'
-  c.model = 'resnet18'
-  c.num_epochs = 200.0
-  c.batch_size = 128
-  c.learning_rate = 0.1
-  c.weight_decay = 5e-4
-  c.lr_schedule = 'cosine'
   c.gnt_noise = 'gaussian'                         # gaussian | speckle
   c.gnt_sigmas = (0.04, 0.06, 0.08, 0.09, 0.10)    # CIFAR-10-C Gaussian severities (see above)
   c.gnt_clean_fraction = 0.5                       # section 3.1: 50% of each batch stays clean

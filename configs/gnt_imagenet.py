@@ -20,20 +20,8 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
+  c = default.imagenet_finetuning_recipe(default.get_config())
   c.method = 'gnt'
-  c.dataset = 'imagenet2012'
-  c.image_size = 224
-  c.augment = 'imagenet'
-  c.model = 'resnet50'
-  c.num_epochs = 30.0
-  c.batch_size = 256
-  c.eval_batch_size = 500
-  c.learning_rate = 0.01       # fine-tuning: 1/10 of the from-scratch 0.1 (our choice)
-  c.momentum = 0.9
-  c.weight_decay = 1e-4
-  c.lr_schedule = 'cosine'
-  c.init_from = ''             # workdir of a pretrained (vanilla) ResNet-50 run
   c.gnt_noise = 'gaussian'
   c.gnt_sigmas = (0.5,)        # GNT sigma_0.5, the paper's best single sigma (Fig. 2, Table 3)
   c.gnt_clean_fraction = 0.5   # section 3.1

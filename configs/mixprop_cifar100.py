@@ -18,17 +18,7 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
+  c = default.mixprop_cifar100_recipe(default.get_config())
   c.method = 'mixprop'
-  c.dataset = 'cifar100'
-  c.model = 'preact_resnet18'
-  c.num_epochs = 320.0
-  c.batch_size = 128
-  c.learning_rate = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.lr_schedule = 'step'
-  c.lr_boundaries = (100, 180, 260)
-  c.lr_decay_factor = 0.1
   c.mixprop_alpha = 1.0   # lambda ~ Beta(1, 1) per batch (section 4.1)
   return c

@@ -19,18 +19,8 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
+  c = default.mixprop_cifar100_recipe(default.get_config())
   c.method = 'mixup'
-  c.dataset = 'cifar100'
-  c.model = 'preact_resnet18'
-  c.num_epochs = 320.0
-  c.batch_size = 128
-  c.learning_rate = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.lr_schedule = 'step'
-  c.lr_boundaries = (100, 180, 260)
-  c.lr_decay_factor = 0.1
   c.mixup_alpha = 1.0
   c.mixup_fraction = 0.5
   return c

@@ -21,23 +21,18 @@ import ml_collections
 from configs import default
 
 
-def get_config():
-  c = default.get_config()
-  c.method = 'pgd_at'
-  c.dataset = 'cifar10'
-  c.model = 'preact_resnet18'
-  c.num_epochs = 200.0
-  c.batch_size = 128
-  c.learning_rate = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.lr_schedule = 'step'
-  c.lr_boundaries = (100, 150)
-  c.lr_decay_factor = 0.1
+def add_pgd_at_keys(c):
+  """Madry et al.'s inner maximisation and loss (keys of jaxrobust.methods.adversarial_training)."""
   c.pgd_at_attack = 'madry_pgd10'   # eps 8/255, step 2/255, 10 steps, random start
   c.pgd_at_eps = ml_collections.FieldReference(None, field_type=float)        # None = preset
   c.pgd_at_step_size = ml_collections.FieldReference(None, field_type=float)  # None = preset
   c.pgd_at_num_steps = ml_collections.FieldReference(None, field_type=int)    # None = preset
   c.pgd_at_gamma = 0.0              # weight of the clean loss (EWS Eq. 3; 0 = Madry)
   c.pgd_at_craft_bn = 'batch'       # batch statistics, running statistics untouched
+  return c
+
+
+def get_config():
+  c = add_pgd_at_keys(default.adversarial_cifar10_recipe(default.get_config()))
+  c.method = 'pgd_at'
   return c

@@ -21,23 +21,18 @@ import ml_collections
 from configs import default
 
 
-def get_config():
-  c = default.get_config()
-  c.method = 'trades'
-  c.dataset = 'cifar10'
-  c.model = 'preact_resnet18'
-  c.num_epochs = 200.0
-  c.batch_size = 128
-  c.learning_rate = 0.1
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.lr_schedule = 'step'
-  c.lr_boundaries = (100, 150)
-  c.lr_decay_factor = 0.1
+def add_trades_keys(c):
+  """TRADES' inner maximisation and beta (keys of jaxrobust.methods.adversarial_training)."""
   c.trades_attack = 'trades'        # KL loss, eps 8/255, step 2/255, 10 steps, 0.001 N(0, I) start
   c.trades_eps = ml_collections.FieldReference(None, field_type=float)        # None = preset
   c.trades_step_size = ml_collections.FieldReference(None, field_type=float)  # None = preset
   c.trades_num_steps = ml_collections.FieldReference(None, field_type=int)    # None = preset
-  c.trades_beta = 6.0
+  c.trades_beta = 6.0               # = 1 / gamma of the EWS paper (gamma = 1/6, section 3.4.2)
   c.trades_craft_bn = 'running'     # eval-mode BN while crafting, as the reference
+  return c
+
+
+def get_config():
+  c = add_trades_keys(default.adversarial_cifar10_recipe(default.get_config()))
+  c.method = 'trades'
   return c

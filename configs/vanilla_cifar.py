@@ -14,12 +14,6 @@ from configs import default
 
 
 def get_config():
-  c = default.get_config()
-  c.dataset = 'cifar10'
-  c.model = 'resnet18'
-  c.num_epochs = 200.0
-  c.batch_size = 128
-  c.learning_rate = 0.1
-  c.weight_decay = 5e-4
-  c.lr_schedule = 'cosine'
+  c = default.cifar_resnet18_recipe(default.get_config())
+  c.method = 'vanilla'
   return c

@@ -5,10 +5,11 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from jaxrobust import train
+from jaxrobust import parallel, train
 from jaxrobust.evaluation import runner
 from tests.conftest import ROOT, tiny_config
 
@@ -54,6 +55,16 @@ def test_official_corruption_sets_through_the_same_path(trained, tmp_path):
     res = runner.tfds_corruption_suite(run, names=['fog'], severities=(1, 2))
   assert set(res['errors']['fog']) == {1, 2}
   assert all(0.0 <= e <= 1.0 for e in res['errors']['fog'].values())
+
+
+def test_a_run_saved_on_eight_devices_loads_on_two(trained):
+  # The checkpoint is read as numpy, so evaluation does not need the training topology.
+  full = runner.load_run(trained)
+  two = runner.load_run(trained, mesh=parallel.make_mesh(jax.devices()[:2]))
+  assert two.mesh.devices.size == 2 and two.step == full.step
+  x = next(iter(full.batches(max_examples=16)))['image']
+  np.testing.assert_allclose(np.asarray(jax.jit(two.logits_fn)(np.asarray(x))),
+                             np.asarray(jax.jit(full.logits_fn)(x)), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_suite_and_workdir(trained, tmp_path):

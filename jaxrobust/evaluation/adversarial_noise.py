@@ -216,34 +216,6 @@ def adversarial_eps_star(logits_fn: LogitsFn, train_batches: BatchesArg, eval_ba
 # ----------------------------------------------------------------------------- a finished run
 
 
-def load_run(workdir: str, dataset: str = ''):
-  """Restores a run's model and its deployable variables from ``<workdir>``.
-
-  Returns:
-    ``(config, info, logits_fn)``: the run's config (``dataset`` overridden if given), its
-    dataset info and ``x -> logits`` of the model in inference mode (``main`` statistics).
-  """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from jaxrobust import checkpointing, models, train  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise ValueError(f'workdir={workdir!r}: no config.json; is it a jaxrobust run directory?')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if dataset:
-    config.dataset = dataset
-  config.init_from = ''
-  info, method, model, _, _, _ = train.build(config, mesh=None)
-  raw, _ = checkpointing.load_arrays(workdir)  # numpy, whatever the saving run's topology
-  params = jax.tree.map(jnp.asarray, raw['params'])
-  stats = {models.MAIN: jax.tree.map(jnp.asarray, raw['batch_stats'][models.MAIN])}
-  del method
-
-  def logits_fn(x):
-    return models.apply_model(model, params, stats, x, train=False)[0]
-  return config, info, logits_fn
-
-
 def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
                  learning_rate: float = 3e-3, optimizer: str = 'adam', generator: str = '1x1',
                  num_generators: int = 1, batch_size: int = 128, num_eval: int = 1000,
@@ -275,7 +247,9 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
   """
   from jaxrobust import data  # pylint: disable=g-import-not-at-top
   from jaxrobust.methods import ant  # pylint: disable=g-import-not-at-top
-  config, info, logits_fn = load_run(workdir, dataset)
+  from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
+  run = runner.load_run(workdir, overrides={'dataset': dataset} if dataset else None)
+  config, info, logits_fn = run.config, run.info, run.logits_fn
   eps = float(eps) or float(config.get('ant_eps', 0.0)) or ant.default_eps(info.image_shape)
   gen = ant.make_generator(generator)
   source = data.InMemorySource(info, info.train_split) if info.in_memory else None

@@ -89,19 +89,18 @@ def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = mo
     config = ml_collections.ConfigDict(json.load(f))
   for key, value in (overrides or {}).items():
     config[key] = value
-  info, method, model, tx, mesh, _ = train.build(config, mesh)
-  target = parallel.replicate(train.create_train_state(config, method, model, tx, info,
-                                                       jax.random.PRNGKey(0)), mesh)
-  ckpt = checkpointing.Checkpointer(workdir)
-  state, step = ckpt.restore(target)
-  ckpt.close()
-  if state is None:
-    raise ValueError(f'No checkpoint in {workdir}/checkpoints.')
-  if domain not in state.batch_stats:
-    raise ValueError(f'Domain {domain!r} not in this run; it has {sorted(state.batch_stats)}.')
+  config.init_from = ''  # the run's own checkpoint is what gets loaded
+  info, _, model, _, mesh, _ = train.build(config, mesh)
+  # Only params and BN statistics, read as numpy: works whatever the saving run's device count
+  # or process topology, and without rebuilding its optimizer state.
+  raw, step = checkpointing.load_arrays(workdir)
+  params = parallel.replicate(raw['params'], mesh)
+  batch_stats = parallel.replicate(dict(raw['batch_stats']), mesh)
+  if domain not in batch_stats:
+    raise ValueError(f'Domain {domain!r} not in this run; it has {sorted(batch_stats)}.')
   source = data.InMemorySource(info, info.eval_split, config.get('data_dir') or None) \
       if info.in_memory else None
-  return Run(config, info, model, mesh, state.params, state.batch_stats, int(step), domain,
+  return Run(config, info, model, mesh, params, batch_stats, int(step), domain,
              workdir, source)
 
 

@@ -1,0 +1,45 @@
+"""Every config file: loads, validates, documents its run command, takes the CPU-budget flags."""
+
+import importlib
+
+import pytest
+
+from configs import default
+from jaxrobust import methods, train
+from tests.conftest import ROOT
+
+NAMES = sorted(p.stem for p in (ROOT / 'configs').glob('*.py') if p.stem != '__init__')
+# The flags of the shared CPU-sized CIFAR-10 comparison (README, "The shared CPU-sized budget").
+CPU_BUDGET = dict(dataset='folder:../shared/data/cifar10', model='resnet8_wide', num_epochs=5.0,
+                  lr_schedule='onecycle', learning_rate=0.2)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_config_validates_and_names_its_command(name):
+  module = importlib.import_module(f'configs.{name}')
+  c = module.get_config()
+  train.validate_config(c)
+  methods.get(c.method)(c)  # the method's own checks (attack presets, fractions, ...)
+  if name != 'default':     # the base every config starts from
+    assert f'--config=configs/{name}.py' in module.__doc__, 'docstring lacks the run command'
+  if c.dataset.startswith('cifar'):
+    for key, value in CPU_BUDGET.items():
+      c[key] = value
+    train.validate_config(c)
+
+
+def test_recipes_set_what_the_papers_state():
+  c = default.adversarial_cifar10_recipe(default.get_config())
+  assert (c.model, c.lr_schedule, tuple(c.lr_boundaries), c.num_epochs) == (
+      'preact_resnet18', 'step', (100.0, 150.0), 200.0)
+  c = default.mixprop_cifar100_recipe(default.get_config())
+  assert (c.dataset, c.num_epochs, tuple(c.lr_boundaries)) == ('cifar100', 320.0,
+                                                               (100.0, 180.0, 260.0))
+  c = default.imagenet_resnet_recipe(default.get_config(), model='resnet18')
+  assert (c.model, c.batch_size, c.weight_decay, tuple(c.lr_boundaries)) == (
+      'resnet18', 256, 1e-4, (30.0, 60.0))
+  # Compared methods share the recipe: only method keys differ from their baseline.
+  from configs import ews_pgd_at_cifar, pgd_at_cifar  # pylint: disable=g-import-not-at-top
+  base, ews = pgd_at_cifar.get_config().to_dict(), ews_pgd_at_cifar.get_config().to_dict()
+  differing = {k for k in ews if base.get(k, object()) != ews[k]}
+  assert all(k == 'method' or k.startswith(('ews_', 'awp_')) for k in differing), differing
