@@ -1,142 +1,249 @@
-"""Train-step throughput per model, batch size and method on the current backend.
+"""Training-step throughput and cost of every method relative to vanilla, on the current backend.
 
-    python benchmarks/throughput.py                                  # CPU-sized defaults
+For each model and batch size, every method's compiled training step (the loop's own
+``train.make_train_step``: ``jit`` of the per-device step under ``shard_map``) is timed on
+synthetic data after compilation, and reported as images/s and as a multiple of the vanilla
+step timed the same way in the same run, next to the method's theoretical count of
+forward+backward passes (``Method.forward_backward_passes``; a forward alone counts 1/3):
+AdvProp PGD-n n + 2, MixProp 2, Mixup 1, PGD-AT PGD-10 11, TRADES 10 + 1/3 + 2, GNT 1, ANT 2,
+Auxiliary Training 5, EWS 2. EWS also gets its periodic controller-search phase timed, as a
+multiple of one epoch's training time at the config's search interval.
+
+    python benchmarks/throughput.py                                    # CPU-sized defaults
+    python benchmarks/throughput.py --methods=advprop:advprop_attack=advprop_pgd1,mixprop
     python benchmarks/throughput.py --models=resnet18,wrn28_10 --batch_sizes=128,256 \
-        --methods=vanilla,advprop,mixprop --image_size=32 --steps=20   # on an accelerator
+        --image_size=32 --steps=20                                     # on an accelerator
 
-Compile time is measured separately from the steady-state step time (median of ``--steps``
-timed steps after two warm-up steps). Each method's step cost is also given as a multiple of
-the vanilla step measured in the same run, next to its theoretical number of forward-backward
-passes. Prints a table and writes JSON (``--out``).
+Each ``--methods`` entry is ``name[:key=value[;key=value...]]`` (values parsed as Python
+literals when possible). Steady-state time is the fastest of ``--repeats`` windows of
+``--steps`` steps (robust to other load on a shared machine); ``--clock=cpu`` measures process
+CPU time instead of wall time. ``measure_step`` / ``compare`` are the library API.
 """
 
+from __future__ import annotations
+
 import argparse
+import ast
+import dataclasses
 import json
 import os
 import sys
 import time
+from typing import Optional, Sequence
 
-import jax
-import numpy as np
+if __package__ in (None, ''):  # run as a script: make the repository importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
-# Forward-backward passes per step relative to vanilla's one (theory, see each method).
-THEORETICAL_PASSES = {
-    'vanilla': 1.0,
-    'advprop': None,   # PGD-n: n attack passes + clean + adversarial = n + 2 (filled from config)
-    'mixprop': 2.0,    # clean + mixed batch
-    'mixup': 1.0,
-    'pgd_at': 11.0,    # PGD-10 + 1 training pass
-    'trades': 12.0,    # clean logits + 10 KL attack steps + clean/adv training pass
-    'gnt': 1.0,
-}
+from configs import default  # noqa: E402
+from jaxrobust import methods, models, optim, parallel, train  # noqa: E402
+from jaxrobust.methods.base import Context  # noqa: E402
+
+CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
+DEFAULT_METHODS = ('advprop:advprop_attack=advprop_pgd1,mixprop,mixup,pgd_at,trades,gnt,ant,'
+                   'auxtrain,ews')
 
 
-def _batch(n, size, channels, num_classes, seed=0):
+@dataclasses.dataclass(frozen=True)
+class _Info:
+  """The parts of ``data.DatasetInfo`` a step needs, for synthetic data."""
+  image_shape: tuple
+  num_classes: int
+  name: str = 'synthetic'
+
+
+@dataclasses.dataclass
+class StepCost:
+  """Timing of one method's step (and, for EWS, of its search phase)."""
+  method: str
+  overrides: dict
+  model: str
+  batch_size: int
+  seconds_per_step: float
+  theoretical_passes: float
+  compile_seconds: float
+  num_devices: int = 1
+  relative: Optional[float] = None          # filled in by :func:`compare`
+  search_seconds: Optional[float] = None    # EWS: one search phase
+  search_epochs: Optional[float] = None     # EWS: search interval K in epochs
+
+  @property
+  def images_per_second(self) -> float:
+    return self.batch_size / self.seconds_per_step
+
+
+def _config(method: str, overrides: dict, *, model: str, batch_size: int):
+  c = default.get_config()
+  c.method, c.model, c.batch_size = method, model, batch_size
+  c.lr_schedule, c.learning_rate = 'constant', 0.01
+  for k, v in overrides.items():
+    setattr(c, k, v)
+  return c
+
+
+def _synthetic_batch(batch_size, image_shape, num_classes, seed):
   rng = np.random.default_rng(seed)
-  return {'image': rng.uniform(size=(n, size, size, channels)).astype(np.float32),
-          'label': rng.integers(0, num_classes, n).astype(np.int32)}
+  return {'image': rng.uniform(size=(batch_size,) + tuple(image_shape)).astype(np.float32),
+          'label': rng.integers(0, num_classes, batch_size).astype(np.int32)}
 
 
-def measure(method_name: str, model_name: str, batch_size: int, *, image_size: int = 32,
-            num_classes: int = 10, steps: int = 10, overrides: dict | None = None) -> dict:
-  """Compile time and steady-state images/s of one method's train step."""
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from jaxrobust import methods, models, optim, parallel, train  # pylint: disable=g-import-not-at-top
-  from jaxrobust.methods.base import Context  # pylint: disable=g-import-not-at-top
+def measure_step(method: str, overrides: Optional[dict] = None, *, model: str = 'resnet_tiny',
+                 image_size: int = 16, channels: int = 3, num_classes: int = 10,
+                 batch_size: int = 32, steps: int = 5, repeats: int = 3,
+                 devices: Optional[Sequence] = None, seed: int = 0, clock: str = 'wall',
+                 steps_per_epoch: int = 390) -> StepCost:
+  """Times ``steps`` compiled training steps of ``method`` on synthetic images.
 
-  config = default.get_config()
-  config.method, config.model, config.batch_size = method_name, model_name, batch_size
-  config.num_epochs = 1.0
-  for k, v in (overrides or {}).items():
-    config[k] = v
-  mesh = parallel.make_mesh()
+  Args:
+    method: a registered method name.
+    overrides: config overrides (e.g. ``{'advprop_attack': 'advprop_pgd1'}``).
+    model: backbone name.
+    image_size, channels, num_classes: synthetic data shape.
+    batch_size: global batch size (a multiple of the number of devices).
+    steps: steps per timed window (after the compiling step).
+    repeats: timed windows; the fastest is reported.
+    devices: devices of the mesh (default: all).
+    seed: data and init seed.
+    clock: 'wall' (elapsed time: what an accelerator run costs) or 'cpu' (process CPU time of
+      all threads: a stable measure of work on a CPU host shared with other jobs).
+    steps_per_epoch: epoch length assumed by EWS's search (its subset is 10% of an epoch).
+
+  Returns:
+    A :class:`StepCost` (``relative`` unset).
+  """
+  if clock not in CLOCKS:
+    raise ValueError(f'Unknown clock {clock!r}; allowed values: {tuple(CLOCKS)}.')
+  now = CLOCKS[clock]
+  overrides = dict(overrides or {})
+  config = _config(method, overrides, model=model, batch_size=batch_size)
+  train.validate_config(config)
+  mesh = parallel.make_mesh(devices)
   parallel.check_batch_size(batch_size, mesh)
-  method = methods.get(method_name)(config)
-  model = models.create_model(model_name, num_classes=num_classes, image_size=image_size,
-                              affine_domains=method.affine_domains())
-  tx = optim.make_optimizer(config, steps_per_epoch=100)
+  m = methods.get(method)(config)
+  info = _Info((image_size, image_size, channels), num_classes)
+  net = models.create_model(model, num_classes=num_classes, image_size=image_size,
+                            affine_domains=m.affine_domains(),
+                            bn_axis_name=parallel.AXIS if config.sync_batch_stats else None)
+  tx = optim.make_optimizer(config, steps_per_epoch)
+  batch = parallel.shard_batch(_synthetic_batch(batch_size, info.image_shape, num_classes, seed),
+                               mesh)
 
-  class Info:
-    image_shape = (image_size, image_size, 3)
-    num_classes = 10
-    name = 'synthetic'
-    num_examples = {'train': batch_size * 100}
-  method.setup(Context(config=config, model=model, tx=tx, info=Info, mesh=mesh,
-                       steps_per_epoch=100, total_steps=100))
-  state = parallel.replicate(train.create_train_state(config, method, model, tx, Info,
-                                                      jax.random.PRNGKey(0)), mesh)
-  step = train.make_train_step(method, config, mesh)
-  batches = [parallel.shard_batch(_batch(batch_size, image_size, 3, num_classes, i), mesh)
-             for i in range(2)]
-  start = time.perf_counter()
-  compiled = step.lower(state, batches[0]).compile()
-  compile_s = time.perf_counter() - start
-  for i in range(2):  # warm-up
-    state, m = compiled(state, batches[i % 2])
-  jax.block_until_ready(m)
-  times = []
-  for i in range(steps):
-    t = time.perf_counter()
-    state, m = compiled(state, batches[i % 2])
-    jax.block_until_ready(m)
-    times.append(time.perf_counter() - t)
-  step_s = float(np.median(times))
-  return {'method': method_name, 'model': model_name, 'batch_size': batch_size,
-          'image_size': image_size, 'backend': jax.default_backend(),
-          'devices': mesh.devices.size, 'compile_s': compile_s, 'step_s': step_s,
-          'images_per_s': batch_size / step_s, 'overrides': overrides or {}}
-
-
-def theoretical_passes(method_name: str, overrides: dict) -> float | None:
-  if method_name == 'advprop':
-    from jaxrobust import attacks  # pylint: disable=g-import-not-at-top
-    preset = overrides.get('advprop_attack', 'advprop_pgd1')
-    return attacks.presets.attack_kwargs(preset)['num_steps'] + 2.0
-  return THEORETICAL_PASSES.get(method_name)
+  def train_batches(num_batches, unused_seed):
+    return (batch for _ in range(num_batches))
+  m.setup(Context(config=config, model=net, tx=tx, info=info, mesh=mesh,
+                  steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch,
+                  train_batches=train_batches))
+  state = parallel.replicate(
+      train.create_train_state(config, m, net, tx, info, jax.random.PRNGKey(seed)), mesh)
+  step = train.make_train_step(m, config, mesh)
+  t0 = now()
+  state, metrics = step(state, batch)
+  jax.block_until_ready((state, metrics))
+  compile_s = now() - t0
+  per_step = float('inf')
+  for _ in range(max(1, repeats)):
+    t0 = now()
+    for _ in range(steps):
+      state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
+    per_step = min(per_step, (now() - t0) / steps)
+  cost = StepCost(method, overrides, model, batch_size, per_step,
+                  float(m.forward_backward_passes()), compile_s, num_devices=mesh.devices.size)
+  if hasattr(m, 'run_search') and getattr(m, 'has_controller', False):
+    state = jax.block_until_ready(m.run_search(state))  # compiles; the search donates state
+    t0 = now()
+    state = jax.block_until_ready(m.run_search(state))
+    cost.search_seconds = now() - t0
+    cost.search_epochs = m.search_every_epochs
+  return cost
 
 
-def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--models', default='resnet8_wide,resnet20')
-  p.add_argument('--batch_sizes', default='128')
-  p.add_argument('--methods', default='vanilla')
-  p.add_argument('--image_size', type=int, default=32)
-  p.add_argument('--steps', type=int, default=5)
-  p.add_argument('--override', action='append', default=[],
-                 help='method:key=value, e.g. advprop:advprop_attack=advprop_pgd1')
-  p.add_argument('--out', default='benchmarks/throughput.json')
-  args = p.parse_args()
-  per_method = {}
-  for o in args.override:
-    meth, kv = o.split(':', 1)
-    key, value = kv.split('=', 1)
+def compare(entries: Sequence[tuple[str, dict]], **kwargs) -> list[StepCost]:
+  """Measures vanilla and every ``(method, overrides)`` entry; fills in ``relative``."""
+  base = measure_step('vanilla', {}, **kwargs)
+  base.relative = 1.0
+  results = [base]
+  for method, overrides in entries:
+    if method == 'vanilla' and not overrides:
+      continue
+    cost = measure_step(method, overrides, **kwargs)
+    cost.relative = cost.seconds_per_step / base.seconds_per_step
+    results.append(cost)
+  return results
+
+
+def format_table(results: Sequence[StepCost], clock: str = 'wall',
+                 steps_per_epoch: int = 390) -> str:
+  """Plain text: method, overrides, ms/step, images/s, x vanilla, theory (+ EWS search)."""
+  r0 = results[0]
+  lines = [f'{r0.model}, batch {r0.batch_size}, {jax.default_backend()} x {r0.num_devices} '
+           f'device(s), {clock} clock',
+           f'{"method":<10} {"overrides":<30} {"compile s":>9} {"ms/step":>9} {"img/s":>8} '
+           f'{"x vanilla":>10} {"theory":>7}']
+  for r in results:
+    ov = ';'.join(f'{k}={v}' for k, v in r.overrides.items()) or '-'
+    lines.append(f'{r.method:<10} {ov:<30} {r.compile_seconds:>9.1f} '
+                 f'{1e3 * r.seconds_per_step:>9.2f} {r.images_per_second:>8.1f} '
+                 f'{r.relative:>10.2f} {r.theoretical_passes:>7.2f}')
+  for r in results:
+    if r.search_seconds is not None:
+      epoch_s = steps_per_epoch * r.seconds_per_step
+      lines.append(f'{r.method}: one controller search {r.search_seconds:.2f} s = '
+                   f'{r.search_seconds / epoch_s:.3f} epochs of its training; every '
+                   f'{r.search_epochs:g} epochs that adds '
+                   f'{100 * r.search_seconds / (epoch_s * r.search_epochs):.1f}% to training.')
+  return '\n'.join(lines)
+
+
+def parse_entry(text: str) -> tuple[str, dict]:
+  """``'advprop:advprop_attack=advprop_pgd1;advprop_eps=0.0'`` -> ``('advprop', {...})``."""
+  name, _, rest = text.partition(':')
+  overrides = {}
+  for item in filter(None, rest.split(';')):
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise ValueError(f'Bad override {item!r} in {text!r}; expected key=value.')
     try:
-      value = json.loads(value)
-    except json.JSONDecodeError:
-      pass
-    per_method.setdefault(meth, {})[key] = value
-  rows = []
+      overrides[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      overrides[key] = value
+  methods.get(name)  # ValueError listing the valid names
+  return name, overrides
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--methods', default=DEFAULT_METHODS,
+                      help='comma-separated name[:key=value;...] entries')
+  parser.add_argument('--models', default='resnet8_wide')
+  parser.add_argument('--batch_sizes', default='128')
+  parser.add_argument('--image_size', type=int, default=32)
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--num_devices', type=int, default=0, help='0 = all devices')
+  parser.add_argument('--clock', default='wall', choices=tuple(CLOCKS))
+  parser.add_argument('--steps_per_epoch', type=int, default=390,
+                      help='epoch length for the EWS search cost (CIFAR at batch 128: 390)')
+  parser.add_argument('--out', default='', help='JSON output path (optional)')
+  args = parser.parse_args(argv)
+  entries = [parse_entry(e) for e in args.methods.split(',') if e]
+  devices = jax.devices()[:args.num_devices] if args.num_devices else None
+  everything = []
   for model in args.models.split(','):
-    for bs in (int(b) for b in args.batch_sizes.split(',')):
-      base = None
-      for meth in ['vanilla'] + [m for m in args.methods.split(',') if m != 'vanilla']:
-        r = measure(meth, model, bs, image_size=args.image_size, steps=args.steps,
-                    overrides=per_method.get(meth))
-        base = base or r['step_s']
-        r['relative_cost'] = r['step_s'] / base
-        r['theoretical_passes'] = theoretical_passes(meth, per_method.get(meth, {}))
-        rows.append(r)
-        print(f"{r['method']:>10} {r['model']:>14} bs={bs:<4} {r['backend']}x{r['devices']} "
-              f"compile {r['compile_s']:6.1f}s  step {1e3 * r['step_s']:8.1f}ms  "
-              f"{r['images_per_s']:8.1f} img/s  cost x{r['relative_cost']:.2f} "
-              f"(theory x{r['theoretical_passes'] if r['theoretical_passes'] else '?'})",
-              flush=True)
-  os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-  with open(args.out, 'w') as f:
-    json.dump(rows, f, indent=1)
-  print(f'wrote {args.out}')
+    for batch_size in (int(b) for b in args.batch_sizes.split(',')):
+      results = compare(entries, model=model, image_size=args.image_size,
+                        batch_size=batch_size, steps=args.steps, repeats=args.repeats,
+                        devices=devices, clock=args.clock, steps_per_epoch=args.steps_per_epoch)
+      print(format_table(results, args.clock, args.steps_per_epoch), flush=True)
+      everything += results
+  if args.out:
+    os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
+    with open(args.out, 'w') as f:
+      json.dump([dataclasses.asdict(r) | {'backend': jax.default_backend()}
+                 for r in everything], f, indent=1)
+  return everything
 
 
 if __name__ == '__main__':

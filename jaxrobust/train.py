@@ -10,7 +10,6 @@ Usable from Colab::
 import json
 import os
 import time
-from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp

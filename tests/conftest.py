@@ -1,5 +1,6 @@
 """Test set-up: 8 simulated CPU devices, quiet TF, shared fixtures."""
 
+import functools
 import os
 import pathlib
 import sys
@@ -44,3 +45,54 @@ def tiny_config(**overrides):
   for k, v in overrides.items():
     setattr(c, k, v)
   return c
+
+
+# ------------------------------------------------------------------ method-step test helpers
+TINY_SHAPE = (8, 8, 3)   # the image shape of the step tests' random batches
+
+
+def random_batch(seed: int = 0, size: int = 8, shape=TINY_SHAPE, num_classes: int = 10):
+  """Images uniform in [0, 1] and random labels, as host arrays."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  return {'image': rng.uniform(size=(size,) + tuple(shape)).astype(np.float32),
+          'label': rng.integers(0, num_classes, size).astype(np.int32)}
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_variables(affine_domains=(), bn_domains=('main',)):
+  """resnet_tiny and its initial (params, {domain: stats}) as host arrays, built once per key."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxrobust import models, parallel  # pylint: disable=g-import-not-at-top
+  model = models.create_model('resnet_tiny', num_classes=10, affine_domains=affine_domains)
+  params, stats = models.init_variables(model, jax.random.PRNGKey(0), TINY_SHAPE, bn_domains)
+  return model, parallel.to_host(params), parallel.to_host(stats)
+
+
+def method_on_tiny_model(method: str, *, num_devices: int = 1, distinct_stats: bool = False,
+                         **overrides):
+  """``(config, mesh, method, model, state)``: ``method`` set up on resnet_tiny with SGD(0.1).
+
+  ``state`` is on the host (not replicated). ``distinct_stats`` offsets the i-th BN domain's
+  initial statistics by ``3 i``, so a test can tell which domain's statistics a pass used or
+  changed.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from jaxrobust import methods, parallel  # pylint: disable=g-import-not-at-top
+  from jaxrobust.methods.base import Context  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train_state import TrainState  # pylint: disable=g-import-not-at-top
+  config = tiny_config(method=method, sync_batch_stats=False, **overrides)
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  m = methods.get(method)(config)
+  model, params, stats = tiny_variables(tuple(m.affine_domains()), tuple(m.bn_domains()))
+  tx = optax.sgd(0.1)
+  m.setup(Context(config=config, model=model, tx=tx, info=None, mesh=mesh, steps_per_epoch=10,
+                  total_steps=10))
+  if distinct_stats:
+    stats = {d: jax.tree.map(lambda a, i=i: a + 3.0 * i, s)
+             for i, (d, s) in enumerate(stats.items())}
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                     batch_stats=stats, rng=jax.random.PRNGKey(1), extras={})
+  return config, mesh, m, model, state

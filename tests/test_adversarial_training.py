@@ -1,48 +1,20 @@
 """PGD-AT and TRADES: losses by hand, crafting in the ball without touching BN statistics."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxrobust import methods, models, parallel, train
 from jaxrobust.methods import adversarial_training as at
-from jaxrobust.methods.base import Context
-from jaxrobust.train_state import TrainState
-from tests.conftest import tiny_config
+from tests.conftest import method_on_tiny_model, random_batch, tiny_config
 
-SHAPE = (8, 8, 3)
 MOMENTUM = 0.9
 
 
-@functools.lru_cache(maxsize=None)
-def _variables():
-  model = models.create_model('resnet_tiny', num_classes=10)
-  params, stats = models.init_variables(model, jax.random.PRNGKey(0), SHAPE)
-  return model, parallel.to_host(params), parallel.to_host(stats)
-
-
 def _setup(method, **overrides):
-  config = tiny_config(method=method, sync_batch_stats=False, **overrides)
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  m = methods.get(method)(config)
-  model, params, stats = _variables()
-  tx = optax.sgd(0.1)
-  m.setup(Context(config=config, model=model, tx=tx, info=None, mesh=mesh, steps_per_epoch=10,
-                  total_steps=10))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     batch_stats=stats, rng=jax.random.PRNGKey(1), extras={})
-  return config, mesh, m, model, state
-
-
-def _batch(seed=0, n=8):
-  rng = np.random.default_rng(seed)
-  return {'image': rng.uniform(size=(n,) + SHAPE).astype(np.float32),
-          'label': rng.integers(0, 10, n).astype(np.int32)}
+  return method_on_tiny_model(method, **overrides)
 
 
 def _np_log_softmax(z):
@@ -89,7 +61,7 @@ def test_pgd_at_step_with_gamma_eps0():
   config, mesh, m, model, state = _setup('pgd_at', pgd_at_gamma=0.5, pgd_at_eps=0.0)
   assert m.forward_backward_passes() == 10 + 1 + 1
   host = parallel.to_host(state)
-  batch = _batch()
+  batch = random_batch()
   m.train_step = chex.assert_max_traces(m.train_step, n=1)
   step = train.make_train_step(m, config, mesh)
   new_state, metrics = step(parallel.replicate(host, mesh), parallel.shard_batch(batch, mesh))
@@ -99,7 +71,7 @@ def test_pgd_at_step_with_gamma_eps0():
   chex.assert_trees_all_close(parallel.to_host(new_state.batch_stats['main']),
                               parallel.to_host(expected_stats), rtol=1e-5, atol=1e-6)
   for seed in (1, 2):
-    new_state, _ = step(new_state, parallel.shard_batch(_batch(seed), mesh))
+    new_state, _ = step(new_state, parallel.shard_batch(random_batch(seed), mesh))
   assert int(new_state.step) == 3
 
 
@@ -108,7 +80,7 @@ def test_trades_step_eps0():
   config, mesh, m, model, state = _setup('trades', trades_eps=0.0)
   assert m.beta == 6.0 and m.craft_bn == 'running' and m.attack_kwargs['loss'] == 'kl'
   host = parallel.to_host(state)
-  batch = _batch()
+  batch = random_batch()
   m.train_step = chex.assert_max_traces(m.train_step, n=1)
   step = train.make_train_step(m, config, mesh)
   new_state, metrics = step(parallel.replicate(host, mesh), parallel.shard_batch(batch, mesh))
@@ -118,14 +90,14 @@ def test_trades_step_eps0():
   assert abs(float(metrics['kl'])) < 1e-6
   chex.assert_trees_all_close(parallel.to_host(new_state.batch_stats['main']),
                               parallel.to_host(expected_stats), rtol=1e-5, atol=1e-6)
-  new_state, _ = step(new_state, parallel.shard_batch(_batch(1), mesh))
+  new_state, _ = step(new_state, parallel.shard_batch(random_batch(1), mesh))
 
 
 @pytest.mark.parametrize('method', ['pgd_at', 'trades'])
 def test_crafting_in_ball_and_box_and_stronger(method):
   config, mesh, m, model, state = _setup(method)
   host = parallel.to_host(state)
-  batch = _batch(n=16)
+  batch = random_batch(size=16)
   x = jnp.asarray(batch['image'])
   x_adv = jax.jit(m.craft)(host.params, host.batch_stats, x, batch['label'], jax.random.key(0))
   delta = np.abs(np.asarray(x_adv) - batch['image'])

@@ -1,7 +1,5 @@
 """AdvProp: BN rules (clean -> main, adversarial -> aux, crafting -> none), eps=0 loss, attackers."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -12,41 +10,14 @@ import pytest
 from jaxrobust import methods, models, parallel, train
 from jaxrobust.methods import adversarial_training as at
 from jaxrobust.methods import advprop as advprop_lib
-from jaxrobust.methods.base import Context
-from jaxrobust.train_state import TrainState
-from tests.conftest import tiny_config
+from tests.conftest import method_on_tiny_model, random_batch, tiny_config
 
-SHAPE = (8, 8, 3)
 MOMENTUM = 0.9
-
-
-@functools.lru_cache(maxsize=None)
-def _variables(affine_domains, bn_domains):
-  """resnet_tiny and its initial variables (host arrays), built once per set of domains."""
-  model = models.create_model('resnet_tiny', num_classes=10, affine_domains=affine_domains)
-  params, stats = models.init_variables(model, jax.random.PRNGKey(0), SHAPE, bn_domains)
-  return model, parallel.to_host(params), parallel.to_host(stats)
 
 
 def _setup(method='advprop', num_devices=1, **overrides):
   """A resnet_tiny state with per-domain initial statistics made distinct (aux = main + 3)."""
-  config = tiny_config(method=method, sync_batch_stats=False, **overrides)
-  mesh = parallel.make_mesh(jax.devices()[:num_devices])
-  m = methods.get(method)(config)
-  model, params, stats = _variables(tuple(m.affine_domains()), tuple(m.bn_domains()))
-  tx = optax.sgd(0.1)
-  m.setup(Context(config=config, model=model, tx=tx, info=None, mesh=mesh, steps_per_epoch=10,
-                  total_steps=10))
-  stats = {d: jax.tree.map(lambda a, i=i: a + 3.0 * i, s) for i, (d, s) in enumerate(stats.items())}
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     batch_stats=stats, rng=jax.random.PRNGKey(1), extras={})
-  return config, mesh, m, model, state
-
-
-def _batch(seed=0, n=8):
-  rng = np.random.default_rng(seed)
-  return {'image': rng.uniform(size=(n,) + SHAPE).astype(np.float32),
-          'label': rng.integers(0, 10, n).astype(np.int32)}
+  return method_on_tiny_model(method, num_devices=num_devices, distinct_stats=True, **overrides)
 
 
 def _updated(model, params, stats, x, domain):
@@ -65,7 +36,7 @@ def test_eps0_loss_is_two_bn_loss_and_each_pass_updates_only_its_domain():
   host = parallel.to_host(state)
   m.train_step = chex.assert_max_traces(m.train_step, n=1)
   step = train.make_train_step(m, config, mesh)
-  batch = _batch()
+  batch = random_batch()
   new_state, metrics = step(parallel.replicate(host, mesh), parallel.shard_batch(batch, mesh))
   after = parallel.to_host(new_state.batch_stats)
 
@@ -84,7 +55,7 @@ def test_eps0_loss_is_two_bn_loss_and_each_pass_updates_only_its_domain():
 
   # The step compiles once.
   for seed in (1, 2):
-    new_state, _ = step(new_state, parallel.shard_batch(_batch(seed), mesh))
+    new_state, _ = step(new_state, parallel.shard_batch(random_batch(seed), mesh))
   assert int(new_state.step) == 3
 
 
@@ -107,7 +78,7 @@ def test_passes_and_their_bn_domains(monkeypatch):
   monkeypatch.setattr(at, 'apply_model', craft_spy)
   config, mesh, m, model, state = _setup(advprop_attack='advprop_pgd3')
   host = parallel.to_host(state)
-  batch = _batch()
+  batch = random_batch()
   key = jax.random.PRNGKey(3)
   domains = []
 
@@ -138,7 +109,7 @@ def test_passes_and_their_bn_domains(monkeypatch):
 def test_running_mode_crafting_uses_aux_running_statistics():
   config, mesh, m, model, state = _setup(advprop_attack='advprop_pgd1', advprop_craft_bn='running')
   host = parallel.to_host(state)
-  batch = _batch()
+  batch = random_batch()
   x = jnp.asarray(batch['image'])
   fn_running = at.make_logits_fn(model, host.params, host.batch_stats, domain='aux',
                                  bn_mode='running')
@@ -156,7 +127,7 @@ def test_running_mode_crafting_uses_aux_running_statistics():
 def test_table7_attackers(preset):
   config, mesh, m, model, state = _setup(advprop_attack=preset)
   host = parallel.to_host(state)
-  batch = _batch()
+  batch = random_batch()
   craft = jax.jit(lambda key: at.craft(
       model, host.params, host.batch_stats, batch['image'], batch['label'], key, attack=m.attack,
       attack_kwargs=m.attack_kwargs, domain='aux', bn_mode='batch'))
@@ -183,7 +154,7 @@ def test_fine_grained_domains_and_statistics():
   assert 'scale_aux_adv' in state.params['stem_bn'] and 'scale_aux_augment' in state.params['stem_bn']
   host = parallel.to_host(state)
   step = train.make_train_step(m, config, mesh)
-  batch = _batch()
+  batch = random_batch()
   new_state, metrics = step(parallel.replicate(host, mesh), parallel.shard_batch(batch, mesh))
   after = parallel.to_host(new_state.batch_stats)
   # Reproduce the step's augmentation: rng -> (crafting key, dropout key) -> (aug, attack, drop).
@@ -232,7 +203,7 @@ def test_targeted_crafting_moves_toward_targets():
   config, mesh, m, model, state = _setup(advprop_attack='advprop_ifgsm5', advprop_targeted=True,
                                          advprop_eps=0.5, advprop_step_size=0.1)
   host = parallel.to_host(state)
-  batch = _batch(n=16)
+  batch = random_batch(size=16)
   x_adv = jax.jit(lambda key: at.craft(
       model, host.params, host.batch_stats, batch['image'], batch['label'], key, attack=m.attack,
       attack_kwargs=m.attack_kwargs, domain='aux', bn_mode='batch', targeted=True))(

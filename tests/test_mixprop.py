@@ -1,49 +1,20 @@
 """MixProp (Eq. 1, clean -> main BN, mixed -> aux BN) and the Mixup baseline."""
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxrobust import methods, models, parallel, train
 from jaxrobust.methods import mixprop as mixprop_lib
-from jaxrobust.methods.base import Context
-from jaxrobust.train_state import TrainState
-from tests.conftest import tiny_config
+from tests.conftest import method_on_tiny_model, random_batch, tiny_config
 
-SHAPE = (8, 8, 3)
-
-
-@functools.lru_cache(maxsize=None)
-def _variables(affine_domains, bn_domains):
-  model = models.create_model('resnet_tiny', num_classes=10, affine_domains=affine_domains)
-  params, stats = models.init_variables(model, jax.random.PRNGKey(0), SHAPE, bn_domains)
-  return model, parallel.to_host(params), parallel.to_host(stats)
 
 
 def _setup(method, **overrides):
   """One-device state; each domain's initial statistics are distinct (domain i: + 3 i)."""
-  config = tiny_config(method=method, sync_batch_stats=False, **overrides)
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  m = methods.get(method)(config)
-  model, params, stats = _variables(tuple(m.affine_domains()), tuple(m.bn_domains()))
-  tx = optax.sgd(0.1)
-  m.setup(Context(config=config, model=model, tx=tx, info=None, mesh=mesh, steps_per_epoch=10,
-                  total_steps=10))
-  stats = {d: jax.tree.map(lambda a, i=i: a + 3.0 * i, s) for i, (d, s) in enumerate(stats.items())}
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     batch_stats=stats, rng=jax.random.PRNGKey(1), extras={})
-  return config, mesh, m, model, state
-
-
-def _batch(seed=0, n=8):
-  rng = np.random.default_rng(seed)
-  return {'image': rng.uniform(size=(n,) + SHAPE).astype(np.float32),
-          'label': rng.integers(0, 10, n).astype(np.int32)}
+  return method_on_tiny_model(method, distinct_stats=True, **overrides)
 
 
 def _np_ce(logits, labels):
@@ -82,7 +53,7 @@ def test_mixprop_step_is_eq1_and_updates_main_with_clean_aux_with_mixed():
   assert m.bn_domains() == ('main', 'aux') and m.affine_domains() == ('aux',)
   assert m.eval_domains() == ('main', 'aux') and m.forward_backward_passes() == 2
   host = parallel.to_host(state)
-  batch = _batch()
+  batch = random_batch()
   lam, perm = _step_mixing(state, batch, 1.0)
   assert 0.0 < lam < 1.0 and sorted(perm.tolist()) == list(range(8))
 
@@ -113,7 +84,7 @@ def test_mixprop_step_is_eq1_and_updates_main_with_clean_aux_with_mixed():
   assert not np.allclose(p['scale_aux'], p['scale'])
 
   for seed in (1, 2):  # compiles once; lambda changes per step
-    new_state, metrics2 = step(new_state, parallel.shard_batch(_batch(seed), mesh))
+    new_state, metrics2 = step(new_state, parallel.shard_batch(random_batch(seed), mesh))
   assert float(metrics2['lambda']) != pytest.approx(lam)
 
 
@@ -121,7 +92,7 @@ def test_mixup_step_mixes_half_through_one_bn():
   config, mesh, m, model, state = _setup('mixup')
   assert m.bn_domains() == ('main',) and m.affine_domains() == () and m.num_mixed(8) == 4
   host = parallel.to_host(state)
-  batch = _batch()
+  batch = random_batch()
   lam, perm = _step_mixing(state, batch, 1.0)
   step = train.make_train_step(m, config, mesh)
   new_state, metrics = step(parallel.replicate(host, mesh), parallel.shard_batch(batch, mesh))

@@ -18,7 +18,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp

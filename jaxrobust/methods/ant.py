@@ -232,6 +232,11 @@ class ANT(Method):
                        float(self._get('ant_current_fraction')))
 
   # -- state ---------------------------------------------------------------------------------
+  def forward_backward_passes(self) -> float:
+    """One pass per generator step (a gradient through the frozen classifier) and the
+    classifier's own; restarts add ``ant_restart_steps / ant_restart_every`` per step."""
+    return 1.0 + float(self._get('ant_gen_steps'))
+
   def init_extras(self, rng, params, batch_stats):
     del params, batch_stats
     info = self.ctx.info if self.ctx is not None else None

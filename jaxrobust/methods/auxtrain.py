@@ -128,6 +128,14 @@ class AuxTrain(Method):
   def num_heads(self) -> int:
     return len(self.corruption_names)
 
+  def forward_backward_passes(self) -> float:
+    """The clean batch and one corrupted copy per head through the backbone (heads are small);
+    the adversarial variant adds the attack's passes."""
+    passes = 1.0 + self.num_heads
+    if bool(self._cfg('auxtrain_adversarial')):
+      passes += int(presets.attack_kwargs(self._cfg('auxtrain_attack')).get('num_steps', 1))
+    return passes
+
   def alphas(self) -> tuple:
     """alpha_j of every corruption (a float in the config applies to all)."""
     alpha = _as_tuple(self._cfg('auxtrain_alpha_aux'))

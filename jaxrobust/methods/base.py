@@ -84,6 +84,15 @@ class Method:
   def tx(self):
     return self.ctx.tx
 
+  def forward_backward_passes(self) -> float:
+    """Theoretical cost of one training step in forward+backward passes of the batch.
+
+    Vanilla training is 1; a forward pass alone counts 1/3. Periodic hooks (searches,
+    generator restarts) are not included. ``benchmarks/throughput.py`` prints it next to the
+    measured cost relative to vanilla.
+    """
+    return 1.0
+
   def init_extras(self, rng: jax.Array, params, batch_stats) -> Any:
     """Method-owned state (heads, generators, controllers); ``{}`` if none."""
     del rng, params, batch_stats

@@ -78,7 +78,6 @@ itself is augmentation-agnostic).
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import jax

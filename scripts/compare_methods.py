@@ -1,0 +1,272 @@
+r"""Trains every method on the same data and budget, evaluates each, writes one comparison table.
+
+Every step is a separate ``python -m`` process and is skipped when its output exists, so the
+script resumes where it stopped (a preempted training run resumes from its checkpoint):
+
+1. train ``<runs>/<method>`` with the method's config plus the shared budget flags
+   (``python -m jaxrobust.main``);
+2. evaluate it (``python -m jaxrobust.evaluate``: clean, corruptions, PGD/FGSM, APGD, eps*), and
+   with the auxiliary BatchNorm too for AdvProp and MixProp;
+3. optionally: eps* against a freshly trained adversarial noise generator
+   (``--adversarial_noise``) and the EWS subnet-confidence box plot (``--subnets``);
+4. write ``<out>/table.md``, ``<out>/table.csv``, ``<out>/results.json`` and PNG plots.
+
+The CPU-sized default is the shared budget of the README (ResNet-8-wide, 5 epochs, one-cycle
+0.2) on the local CIFAR-10 copy; the full-size flags are the configs' own recipes:
+
+    python scripts/compare_methods.py --methods=vanilla,gnt,ant --adversarial_noise
+    python scripts/compare_methods.py --budget=config --dataset=cifar10 --out=results/full
+
+``--runs`` (default ``<out>/runs``) may point at existing run directories named by method.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from absl import app, flags, logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Each method's config; the CIFAR-100 configs (MixProp's paper setting) train on --dataset.
+METHODS = {
+    'vanilla': ('configs/vanilla_cifar.py', {}),
+    'advprop': ('configs/advprop_cifar.py', {}),
+    'mixprop': ('configs/mixprop_cifar100.py', {}),
+    'mixup': ('configs/mixup_cifar.py', {}),
+    'pgd_at': ('configs/pgd_at_cifar.py', {}),
+    'trades': ('configs/trades_cifar.py', {}),
+    'gnt': ('configs/gnt_cifar.py', {}),
+    'ant': ('configs/ant_cifar.py', {}),
+    'auxtrain': ('configs/auxtrain_cifar10.py', {}),
+    # K = 10 epochs between searches would never search in a 5-epoch budget.
+    'ews': ('configs/ews_cifar.py', {'ews_search_every_epochs': 1.0}),
+}
+AUX_DOMAIN_METHODS = ('advprop', 'mixprop')   # also evaluated with their auxiliary BN
+CPU_BUDGET = {'model': 'resnet8_wide', 'num_epochs': 5.0, 'lr_schedule': 'onecycle',
+              'learning_rate': 0.2}
+
+flags.DEFINE_list('methods', list(METHODS), f'Methods to compare; any of {list(METHODS)}.')
+flags.DEFINE_string('out', None, 'Output directory (default results/<date>).')
+flags.DEFINE_string('runs', None, 'Directory of the training runs (default <out>/runs).')
+flags.DEFINE_string('dataset', 'folder:../shared/data/cifar10', 'Dataset of every run.')
+flags.DEFINE_enum('budget', 'cpu', ['cpu', 'config'],
+                  'cpu: the README\'s shared CPU budget; config: each config\'s own recipe.')
+flags.DEFINE_list('config_overrides', [], 'Extra key=value config overrides for every run.')
+flags.DEFINE_integer('max_examples', 1000, 'Test images for clean and corruption accuracy.')
+flags.DEFINE_integer('attack_examples', 200, 'Test images for attacks and eps*.')
+flags.DEFINE_integer('apgd_steps', 25, 'APGD iterations.')
+flags.DEFINE_bool('adversarial_noise', False, 'Also eps* against a trained noise generator.')
+flags.DEFINE_float('adversarial_noise_eps', 9.2, 'L2 radius of that generator (one for all).')
+flags.DEFINE_integer('adversarial_noise_steps', 150, 'Generator training steps.')
+flags.DEFINE_integer('adversarial_noise_generators', 2, 'Generators (seeds) averaged.')
+flags.DEFINE_bool('subnets', False, 'Also the subnet-confidence analysis (needs vanilla, ews).')
+flags.DEFINE_bool('dry_run', False, 'Print the commands instead of running them.')
+FLAGS = flags.FLAGS
+
+
+def _run(cmd: list[str], log_path: str) -> float:
+  """Runs ``cmd`` in the repository root, output to ``log_path``; returns its wall time."""
+  logging.info('$ %s', ' '.join(cmd))
+  if FLAGS.dry_run:
+    print(' '.join(cmd))
+    return 0.0
+  start = time.time()
+  with open(log_path, 'a') as log:
+    proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+  if proc.returncode:
+    raise RuntimeError(f'{cmd[2]} failed (exit {proc.returncode}); see {log_path}.')
+  return time.time() - start
+
+
+def train_command(method: str, workdir: str) -> list[str]:
+  config, extra = METHODS[method]
+  overrides = {'dataset': FLAGS.dataset, **(CPU_BUDGET if FLAGS.budget == 'cpu' else {}),
+               **extra}
+  for item in FLAGS.config_overrides:
+    key, value = item.split('=', 1)
+    overrides[key] = value
+  return ([sys.executable, '-m', 'jaxrobust.main', f'--config={config}', f'--workdir={workdir}']
+          + [f'--config.{k}={v}' for k, v in overrides.items()])
+
+
+def evaluate_command(workdir: str, domain: str) -> list[str]:
+  return [sys.executable, '-m', 'jaxrobust.evaluate', f'--workdir={workdir}', f'--domain={domain}',
+          '--suite=clean,corruptions,pgd,apgd,eps_star', f'--max_examples={FLAGS.max_examples}',
+          f'--attack_examples={FLAGS.attack_examples}', f'--apgd_steps={FLAGS.apgd_steps}',
+          '--apgd_targets=1']
+
+
+def adversarial_noise_command(workdir: str) -> list[str]:
+  return [sys.executable, '-m', 'jaxrobust.evaluation.adversarial_noise', f'--workdir={workdir}',
+          f'--eps={FLAGS.adversarial_noise_eps}', f'--steps={FLAGS.adversarial_noise_steps}',
+          f'--num_generators={FLAGS.adversarial_noise_generators}', '--learning_rate=0.01',
+          f'--num_eval={FLAGS.attack_examples * 5}']
+
+
+def _load(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def row(method: str, domain: str, workdir: str) -> dict:
+  """One table row from a run's results.json, report.json and adversarial_noise.json."""
+  report = _load(os.path.join(workdir, f'eval_{domain}', 'report.json'))
+  trained = _load(os.path.join(workdir, 'results.json'))
+  errors = report['corruptions']['errors']
+  summary = report['corruptions']['summary']
+  pgd = report['pgd']
+  curve = dict(zip([round(e * 255) for e in pgd['curve']['eps']], pgd['curve']['accuracy']))
+  r = {
+      'method': method if domain == 'main' else f'{method} ({domain} BN)',
+      'clean': report['clean']['top1'],
+      'corruptions_s3': summary['mean_accuracy_severity3'],
+      'corruptions_all': summary['mean_accuracy'],
+      'gaussian_noise_s3': 1.0 - errors['gaussian_noise']['3'],
+      'pgd10_eps1': curve.get(1),
+      'fgsm_eps8': pgd['fgsm'],
+      'pgd20_eps8': pgd['pgd20'],
+      'apgd_ce_eps8': report['apgd']['apgd_ce'],
+      'eps_star_gaussian': report['eps_star']['gaussian']['eps_star'],
+      'train_minutes': trained['wall_time_s'] / 60.0,
+      'full_test_top1': trained.get('eval_top1'),
+  }
+  noise_path = os.path.join(workdir, 'adversarial_noise.json')
+  if domain == 'main' and os.path.exists(noise_path):
+    r['eps_star_adversarial_noise'] = _load(noise_path)['eps_star']
+  r['per_corruption_s3'] = {name: 1.0 - e['3'] for name, e in errors.items()}
+  return r
+
+
+COLUMNS = [  # (key, header, format)
+    ('method', 'method', '{}'),
+    ('full_test_top1', 'clean (10k)', '{:.1%}'),
+    ('clean', 'clean', '{:.1%}'),
+    ('corruptions_s3', '15 corruptions s3', '{:.1%}'),
+    ('corruptions_all', '15 corruptions s1-5', '{:.1%}'),
+    ('gaussian_noise_s3', 'gaussian_noise s3', '{:.1%}'),
+    ('pgd10_eps1', 'PGD-10 1/255', '{:.1%}'),
+    ('fgsm_eps8', 'FGSM 8/255', '{:.1%}'),
+    ('pgd20_eps8', 'PGD-20 8/255', '{:.1%}'),
+    ('apgd_ce_eps8', 'APGD-CE 8/255', '{:.1%}'),
+    ('eps_star_gaussian', 'eps* Gaussian', '{:.2f}'),
+    ('eps_star_adversarial_noise', 'eps* adv. noise', '{:.2f}'),
+    ('train_minutes', 'train min', '{:.0f}'),
+]
+
+
+def write_table(rows: list[dict], out: str, header: str) -> str:
+  cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+  fmt = lambda r, c: '' if r.get(c[0]) is None else c[2].format(r[c[0]])
+  lines = ['| ' + ' | '.join(c[1] for c in cols) + ' |', '|' + '---|' * len(cols)]
+  lines += ['| ' + ' | '.join(fmt(r, c) for c in cols) + ' |' for r in rows]
+  table = '\n'.join(lines)
+  with open(os.path.join(out, 'table.md'), 'w') as f:
+    f.write(header + '\n\n' + table + '\n')
+  with open(os.path.join(out, 'table.csv'), 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow([c[0] for c in cols])
+    w.writerows([[r.get(c[0], '') for c in cols] for r in rows])
+  return table
+
+
+def write_plots(rows: list[dict], out: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  names = [r['method'] for r in rows]
+  metrics = [('clean', 'clean'), ('corruptions_s3', '15 corruptions, s3'),
+             ('gaussian_noise_s3', 'gaussian noise, s3'), ('pgd10_eps1', 'PGD-10, 1/255')]
+  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+  width = 0.8 / len(metrics)
+  for i, (key, label) in enumerate(metrics):
+    ax.bar(np.arange(len(rows)) + i * width, [100 * (r.get(key) or 0) for r in rows], width,
+           label=label)
+  ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, names, rotation=30, ha='right')
+  ax.set_ylabel('top-1 accuracy (%)')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'accuracy.png'), dpi=120)
+  plt.close(fig)
+  corruptions = list(rows[0]['per_corruption_s3'])
+  grid = np.array([[100 * r['per_corruption_s3'][c] for c in corruptions] for r in rows])
+  fig, ax = plt.subplots(figsize=(0.5 * len(corruptions) + 3, 0.45 * len(rows) + 2))
+  im = ax.imshow(grid, cmap='viridis', vmin=0, vmax=100)
+  ax.set_xticks(range(len(corruptions)), corruptions, rotation=60, ha='right', fontsize=8)
+  ax.set_yticks(range(len(rows)), names, fontsize=8)
+  for (i, j), v in np.ndenumerate(grid):
+    ax.text(j, i, f'{v:.0f}', ha='center', va='center', fontsize=6,
+            color='white' if v < 50 else 'black')
+  fig.colorbar(im, ax=ax, label='accuracy at severity 3 (%)')
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'corruptions_s3.png'), dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  unknown = [m for m in FLAGS.methods if m not in METHODS]
+  if unknown:
+    raise app.UsageError(f'Unknown method(s) {unknown}; allowed: {list(METHODS)}.')
+  # Absolute, since every command runs in the repository root.
+  out = os.path.abspath(FLAGS.out or os.path.join('results', datetime.date.today().isoformat()))
+  runs = os.path.abspath(FLAGS.runs or os.path.join(out, 'runs'))
+  os.makedirs(runs, exist_ok=True)
+  logs = os.path.join(out, 'logs')
+  os.makedirs(logs, exist_ok=True)
+  commands = []
+  for method in FLAGS.methods:
+    workdir = os.path.join(runs, method)
+    log = os.path.join(logs, f'{method}.log')
+    if not os.path.exists(os.path.join(workdir, 'results.json')):
+      commands.append(train_command(method, workdir))
+      _run(commands[-1], log)
+    for domain in ('main', 'aux') if method in AUX_DOMAIN_METHODS else ('main',):
+      if not os.path.exists(os.path.join(workdir, f'eval_{domain}', 'report.json')):
+        commands.append(evaluate_command(workdir, domain))
+        _run(commands[-1], log)
+    if FLAGS.adversarial_noise and not os.path.exists(
+        os.path.join(workdir, 'adversarial_noise.json')):
+      commands.append(adversarial_noise_command(workdir))
+      _run(commands[-1], log)
+  if FLAGS.subnets and {'vanilla', 'ews'} <= set(FLAGS.methods):
+    subnets_out = os.path.join(out, 'subnets')
+    if not os.path.exists(os.path.join(subnets_out, 'subnet_analysis.json')):
+      commands.append([
+          sys.executable, '-m', 'jaxrobust.evaluation.subnet_analysis',
+          f'--workdirs={os.path.join(runs, "vanilla")},{os.path.join(runs, "ews")}',
+          '--labels=vanilla,ews', f'--out={subnets_out}', '--num_subnets=100', '--rho=0.5',
+          '--corruption=gaussian_noise:3', '--attack=pgd20',
+          f'--max_examples={FLAGS.max_examples}'])
+      _run(commands[-1], os.path.join(logs, 'subnets.log'))
+  if FLAGS.dry_run:
+    return
+  rows = []
+  for method in FLAGS.methods:
+    for domain in ('main', 'aux') if method in AUX_DOMAIN_METHODS else ('main',):
+      rows.append(row(method, domain, os.path.join(runs, method)))
+  budget = ('CPU budget: ' + ', '.join(f'{k}={v}' for k, v in CPU_BUDGET.items())
+            if FLAGS.budget == 'cpu' else 'each config\'s own recipe')
+  header = (f'# Method comparison ({datetime.date.today().isoformat()})\n\n'
+            f'Dataset `{FLAGS.dataset}`; {budget}. Clean / corruption accuracy on '
+            f'{FLAGS.max_examples} test images, attacks and eps* on {FLAGS.attack_examples} '
+            f'(clean (10k): the whole test set at the end of training). '
+            f'Host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.\n\n'
+            f'    python scripts/compare_methods.py {" ".join(sys.argv[1:])}')
+  write_table(rows, out, header)
+  write_plots(rows, out)
+  with open(os.path.join(out, 'results.json'), 'w') as f:
+    json.dump({'rows': rows, 'commands': [' '.join(c) for c in commands]}, f, indent=1)
+  print(open(os.path.join(out, 'table.md')).read())
+
+
+if __name__ == '__main__':
+  app.run(main)
