@@ -22,7 +22,6 @@ The CPU-sized default is the shared budget of the README (ResNet-8-wide, 5 epoch
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import os
@@ -32,6 +31,11 @@ import sys
 import time
 
 from absl import app, flags, logging
+
+if __package__ in (None, ''):  # run as a script: make the repository importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from jaxrobust.evaluation import comparison  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,106 +115,6 @@ def adversarial_noise_command(workdir: str) -> list[str]:
           f'--num_eval={FLAGS.attack_examples * 5}']
 
 
-def _load(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def row(method: str, domain: str, workdir: str) -> dict:
-  """One table row from a run's results.json, report.json and adversarial_noise.json."""
-  report = _load(os.path.join(workdir, f'eval_{domain}', 'report.json'))
-  trained = _load(os.path.join(workdir, 'results.json'))
-  errors = report['corruptions']['errors']
-  summary = report['corruptions']['summary']
-  pgd = report['pgd']
-  curve = dict(zip([round(e * 255) for e in pgd['curve']['eps']], pgd['curve']['accuracy']))
-  r = {
-      'method': method if domain == 'main' else f'{method} ({domain} BN)',
-      'clean': report['clean']['top1'],
-      'corruptions_s3': summary['mean_accuracy_severity3'],
-      'corruptions_all': summary['mean_accuracy'],
-      'gaussian_noise_s3': 1.0 - errors['gaussian_noise']['3'],
-      'pgd10_eps1': curve.get(1),
-      'fgsm_eps8': pgd['fgsm'],
-      'pgd20_eps8': pgd['pgd20'],
-      'apgd_ce_eps8': report['apgd']['apgd_ce'],
-      'eps_star_gaussian': report['eps_star']['gaussian']['eps_star'],
-      'train_minutes': trained['wall_time_s'] / 60.0,
-      'full_test_top1': trained.get('eval_top1'),
-  }
-  noise_path = os.path.join(workdir, 'adversarial_noise.json')
-  if domain == 'main' and os.path.exists(noise_path):
-    r['eps_star_adversarial_noise'] = _load(noise_path)['eps_star']
-  r['per_corruption_s3'] = {name: 1.0 - e['3'] for name, e in errors.items()}
-  return r
-
-
-COLUMNS = [  # (key, header, format)
-    ('method', 'method', '{}'),
-    ('full_test_top1', 'clean (10k)', '{:.1%}'),
-    ('clean', 'clean', '{:.1%}'),
-    ('corruptions_s3', '15 corruptions s3', '{:.1%}'),
-    ('corruptions_all', '15 corruptions s1-5', '{:.1%}'),
-    ('gaussian_noise_s3', 'gaussian_noise s3', '{:.1%}'),
-    ('pgd10_eps1', 'PGD-10 1/255', '{:.1%}'),
-    ('fgsm_eps8', 'FGSM 8/255', '{:.1%}'),
-    ('pgd20_eps8', 'PGD-20 8/255', '{:.1%}'),
-    ('apgd_ce_eps8', 'APGD-CE 8/255', '{:.1%}'),
-    ('eps_star_gaussian', 'eps* Gaussian', '{:.2f}'),
-    ('eps_star_adversarial_noise', 'eps* adv. noise', '{:.2f}'),
-    ('train_minutes', 'train min', '{:.0f}'),
-]
-
-
-def write_table(rows: list[dict], out: str, header: str) -> str:
-  cols = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
-  fmt = lambda r, c: '' if r.get(c[0]) is None else c[2].format(r[c[0]])
-  lines = ['| ' + ' | '.join(c[1] for c in cols) + ' |', '|' + '---|' * len(cols)]
-  lines += ['| ' + ' | '.join(fmt(r, c) for c in cols) + ' |' for r in rows]
-  table = '\n'.join(lines)
-  with open(os.path.join(out, 'table.md'), 'w') as f:
-    f.write(header + '\n\n' + table + '\n')
-  with open(os.path.join(out, 'table.csv'), 'w', newline='') as f:
-    w = csv.writer(f)
-    w.writerow([c[0] for c in cols])
-    w.writerows([[r.get(c[0], '') for c in cols] for r in rows])
-  return table
-
-
-def write_plots(rows: list[dict], out: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  names = [r['method'] for r in rows]
-  metrics = [('clean', 'clean'), ('corruptions_s3', '15 corruptions, s3'),
-             ('gaussian_noise_s3', 'gaussian noise, s3'), ('pgd10_eps1', 'PGD-10, 1/255')]
-  fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
-  width = 0.8 / len(metrics)
-  for i, (key, label) in enumerate(metrics):
-    ax.bar(np.arange(len(rows)) + i * width, [100 * (r.get(key) or 0) for r in rows], width,
-           label=label)
-  ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, names, rotation=30, ha='right')
-  ax.set_ylabel('top-1 accuracy (%)')
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, 'accuracy.png'), dpi=120)
-  plt.close(fig)
-  corruptions = list(rows[0]['per_corruption_s3'])
-  grid = np.array([[100 * r['per_corruption_s3'][c] for c in corruptions] for r in rows])
-  fig, ax = plt.subplots(figsize=(0.5 * len(corruptions) + 3, 0.45 * len(rows) + 2))
-  im = ax.imshow(grid, cmap='viridis', vmin=0, vmax=100)
-  ax.set_xticks(range(len(corruptions)), corruptions, rotation=60, ha='right', fontsize=8)
-  ax.set_yticks(range(len(rows)), names, fontsize=8)
-  for (i, j), v in np.ndenumerate(grid):
-    ax.text(j, i, f'{v:.0f}', ha='center', va='center', fontsize=6,
-            color='white' if v < 50 else 'black')
-  fig.colorbar(im, ax=ax, label='accuracy at severity 3 (%)')
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, 'corruptions_s3.png'), dpi=120)
-  plt.close(fig)
-
-
 def main(argv):
   del argv
   unknown = [m for m in FLAGS.methods if m not in METHODS]
@@ -252,7 +156,7 @@ def main(argv):
   rows = []
   for method in FLAGS.methods:
     for domain in ('main', 'aux') if method in AUX_DOMAIN_METHODS else ('main',):
-      rows.append(row(method, domain, os.path.join(runs, method)))
+      rows.append(comparison.row(os.path.join(runs, method), method, domain))
   budget = ('CPU budget: ' + ', '.join(f'{k}={v}' for k, v in CPU_BUDGET.items())
             if FLAGS.budget == 'cpu' else 'each config\'s own recipe')
   header = (f'# Method comparison ({datetime.date.today().isoformat()})\n\n'
@@ -261,8 +165,8 @@ def main(argv):
             f'(clean (10k): the whole test set at the end of training). '
             f'Host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.\n\n'
             f'    python scripts/compare_methods.py {" ".join(sys.argv[1:])}')
-  write_table(rows, out, header)
-  write_plots(rows, out)
+  comparison.write_table(rows, out, header)
+  comparison.write_plots(rows, out)
   with open(os.path.join(out, 'results.json'), 'w') as f:
     json.dump({'rows': rows, 'commands': [' '.join(c) for c in commands]}, f, indent=1)
   print(open(os.path.join(out, 'table.md')).read())

@@ -26,3 +26,27 @@ def test_bad_entries_are_rejected():
     throughput.parse_entry('advprob')
   with pytest.raises(ValueError, match='expected key=value'):
     throughput.parse_entry('advprop:advprop_attack')
+
+
+def test_compare_methods_script_plans_every_step(tmp_path):
+  # --dry_run prints the commands it would run: training with the shared budget, evaluation
+  # (both BNs for MixProp), the EWS search interval that fits a 5-epoch budget.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import ROOT  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run(
+      [sys.executable, 'scripts/compare_methods.py', '--dry_run', '--methods=vanilla,mixprop,ews',
+       f'--out={tmp_path}', '--adversarial_noise'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  train = [l for l in lines if 'jaxrobust.main' in l]
+  assert len(train) == 3 and all('--config.model=resnet8_wide' in l for l in train)
+  assert '--config.ews_search_every_epochs=1.0' in train[2]
+  evals = [l for l in lines if 'jaxrobust.evaluate' in l]
+  assert sum('--domain=aux' in l for l in evals) == 1 and len(evals) == 4
+  assert sum('adversarial_noise' in l for l in lines) == 3
+  bad = subprocess.run([sys.executable, 'scripts/compare_methods.py', '--methods=vanila',
+                        f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert bad.returncode != 0 and "Unknown method(s) ['vanila']" in bad.stderr

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from jaxrobust import parallel, train
-from jaxrobust.evaluation import runner
+from jaxrobust.evaluation import comparison, runner
 from tests.conftest import ROOT, tiny_config
 
 
@@ -46,6 +47,20 @@ def test_all_suites_write_a_report(trained, tmp_path):
   assert np.asarray(report['frequency']['map']).shape == (8, 8)
   summary = open(tmp_path / 'summary.md').read()
   assert '## Clean' in summary and 'apgd_ce' in summary and 'epsilon*' in summary
+  # The comparison table (scripts/compare_methods.py) reads the run's files back.
+  run_dir = tmp_path / 'as_run'
+  (run_dir / 'eval_main').mkdir(parents=True)
+  shutil.copy(tmp_path / 'report.json', run_dir / 'eval_main' / 'report.json')
+  shutil.copy(os.path.join(trained, 'results.json'), run_dir / 'results.json')
+  row = comparison.row(str(run_dir), 'vanilla')
+  assert row['clean'] == saved['clean']['top1'] and row['pgd20_eps8'] == pgd['pgd20']
+  assert row['gaussian_noise_s3'] == pytest.approx(1 - errors['gaussian_noise'][3])
+  assert row['corruptions_s3'] is None  # only 2 of the 15 corruptions were run
+  assert row['eps_star_gaussian'] == report['eps_star']['gaussian']['eps_star']
+  table = comparison.write_table([row], str(tmp_path), '# comparison')
+  assert table.splitlines()[2].startswith('| vanilla |')
+  comparison.write_plots([row], str(tmp_path))
+  assert os.path.getsize(tmp_path / 'corruptions_s3.png') > 0
 
 
 def test_official_corruption_sets_through_the_same_path(trained, tmp_path):
