@@ -262,3 +262,18 @@ def test_digits_end_to_end_with_a_search(tmp_path):
   last = [r for r in rows if r['kind'] == 'train'][-1]
   assert last['search_count'] >= 3  # searches after steps 6, 12, 18
   assert 0.0 <= last['search_controller_accuracy'] <= 1.0 and last['subnet_kl'] > 0
+
+
+def test_the_headline_ews_cifar_config_trains_on_tfds_cifar10(tmp_path):
+  # `python -m jaxrobust.main --config=configs/ews_cifar.py`: dataset 'cifar10' through TFDS
+  # (mocked: no download here), a controller search, the EWS step; only sizes shrunk.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from configs import ews_cifar  # pylint: disable=g-import-not-at-top
+  config = ews_cifar.get_config()
+  assert config.dataset == 'cifar10'
+  config.update(dict(model='resnet_tiny', batch_size=16, eval_batch_size=16, num_epochs=1.0,
+                     ews_search_every_epochs=1.0, checkpoint_every_steps=0, **SMALL_CONTROLLER))
+  with tfds.testing.mock_data(num_examples=48):
+    state, results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['step'] == 3 and np.isfinite(results['eval_loss'])
+  assert int(jax.device_get(state.extras['search']['count'])) >= 1  # the search ran
