@@ -96,3 +96,25 @@ def method_on_tiny_model(method: str, *, num_devices: int = 1, distinct_stats: b
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                      batch_stats=stats, rng=jax.random.PRNGKey(1), extras={})
   return config, mesh, m, model, state
+
+
+def method_with_train_state(config, *, num_devices: int = 1, image_shape=TINY_SHAPE,
+                            steps_per_epoch: int = 10, total_steps: int = 10,
+                            replicate: bool = True):
+  """``(mesh, method, model, state)``: ``config.method`` on resnet_tiny with SGD(0.1, 0.9),
+  its state built by ``train.create_train_state`` (so with the method's extras: generators,
+  replay buffers, heads); ``state`` replicated on the mesh unless ``replicate`` is False."""
+  import types  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  from jaxrobust import methods, models, parallel, train  # pylint: disable=g-import-not-at-top
+  from jaxrobust.methods.base import Context  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  info = types.SimpleNamespace(image_shape=tuple(image_shape))
+  m = methods.get(config.method)(config)
+  model = models.create_model('resnet_tiny', num_classes=10)
+  tx = optax.sgd(0.1, momentum=0.9)
+  m.setup(Context(config=config, model=model, tx=tx, info=info, mesh=mesh,
+                  steps_per_epoch=steps_per_epoch, total_steps=total_steps))
+  state = train.create_train_state(config, m, model, tx, info, jax.random.PRNGKey(0))
+  return mesh, m, model, (parallel.replicate(state, mesh) if replicate else state)

@@ -9,15 +9,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxrobust import checkpointing, methods, models, parallel, train
 from jaxrobust.evaluation import adversarial_noise
 from jaxrobust.methods import ant, common
-from jaxrobust.methods.base import Context
-from tests.conftest import tiny_config
+from tests.conftest import method_with_train_state, tiny_config
 
 EPS = 1.5
 
@@ -26,15 +24,7 @@ def _setup(num_devices=1, **overrides):
   cfg = dict(ant_eps=EPS, ant_gen_learning_rate=0.05, learning_rate=0.1, lr_schedule='constant')
   cfg.update(overrides)
   config = tiny_config(method='ant', **cfg)
-  mesh = parallel.make_mesh(jax.devices()[:num_devices])
-  info = type('Info', (), {'image_shape': (8, 8, 3)})
-  m = methods.get('ant')(config)
-  model = models.create_model('resnet_tiny', num_classes=10)
-  tx = optax.sgd(0.1, momentum=0.9)
-  m.setup(Context(config=config, model=model, tx=tx, info=info, mesh=mesh, steps_per_epoch=10,
-                  total_steps=100))
-  state = train.create_train_state(config, m, model, tx, info, jax.random.PRNGKey(0))
-  return config, mesh, m, model, parallel.replicate(state, mesh)
+  return (config,) + method_with_train_state(config, num_devices=num_devices, total_steps=100)
 
 
 def _batch(seed, size=20):

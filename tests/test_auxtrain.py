@@ -11,18 +11,13 @@ import pytest
 
 from jaxrobust import methods, models, parallel, train
 from jaxrobust.methods import common
-from jaxrobust.methods.base import Context
 from jaxrobust.models import MAIN, apply_model, aux_heads
-from tests.conftest import tiny_config
+from tests.conftest import method_with_train_state, tiny_config
 
 # Two cheap corruptions keep compile times low; the e2e run uses the paper's four.
 CORRUPTIONS = ('gaussian_noise', 'gaussian_blur')
 SEVERITIES = (3, 5)
 TOTAL_STEPS = 10
-
-
-class _Info:
-  image_shape = (8, 8, 3)
 
 
 def _config(**overrides):
@@ -35,14 +30,8 @@ def _config(**overrides):
 
 def _setup(num_devices=1, **overrides):
   config = _config(**overrides)
-  mesh = parallel.make_mesh(jax.devices()[:num_devices])
-  m = methods.get('auxtrain')(config)
-  model = models.create_model('resnet_tiny', num_classes=10)
-  tx = optax.sgd(0.1, momentum=0.9)
-  m.setup(Context(config=config, model=model, tx=tx, info=None, mesh=mesh, steps_per_epoch=5,
-                  total_steps=TOTAL_STEPS))
-  state = train.create_train_state(config, m, model, tx, _Info, jax.random.PRNGKey(0))
-  return config, mesh, m, model, state
+  return (config,) + method_with_train_state(config, num_devices=num_devices, steps_per_epoch=5,
+                                             total_steps=TOTAL_STEPS, replicate=False)
 
 
 @pytest.fixture(scope='module')

@@ -8,13 +8,11 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from jaxrobust import checkpointing, methods, models, parallel, train
 from jaxrobust.methods import common, gnt
-from jaxrobust.methods.base import Context
-from tests.conftest import tiny_config
+from tests.conftest import method_with_train_state, tiny_config
 
 SIGMAS = (0.02, 0.05, 0.1)
 
@@ -58,15 +56,8 @@ def test_single_sigma_clipping_and_odd_batches():
 def _setup(num_devices=1, channels=3, **overrides):
   config = tiny_config(method='gnt', gnt_sigmas=SIGMAS, learning_rate=0.1,
                        lr_schedule='constant', **overrides)
-  mesh = parallel.make_mesh(jax.devices()[:num_devices])
-  info = type('Info', (), {'image_shape': (8, 8, channels)})
-  m = methods.get('gnt')(config)
-  model = models.create_model('resnet_tiny', num_classes=10)
-  tx = optax.sgd(0.1, momentum=0.9)
-  m.setup(Context(config=config, model=model, tx=tx, info=info, mesh=mesh, steps_per_epoch=10,
-                  total_steps=10))
-  state = train.create_train_state(config, m, model, tx, info, jax.random.PRNGKey(0))
-  return config, mesh, m, model, parallel.replicate(state, mesh)
+  return (config,) + method_with_train_state(config, num_devices=num_devices,
+                                             image_shape=(8, 8, channels))
 
 
 def _batch(seed, size=16):

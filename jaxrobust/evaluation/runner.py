@@ -50,6 +50,8 @@ class Run:
   domain: str = models.MAIN
   workdir: str = ''
   eval_source: Any = None
+  method: Any = None   # set up, with ``extras`` (host arrays), when loaded ``with_method``
+  extras: Any = None
 
   def logits_fn(self, x):
     """Pure eval-mode logits on ``self.domain``'s BatchNorm (running statistics untouched)."""
@@ -72,7 +74,7 @@ class Run:
 
 
 def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = models.MAIN,
-             mesh=None) -> Run:
+             mesh=None, with_method: bool = False) -> Run:
   """Restores the newest checkpoint of ``workdir`` with the config it was trained with.
 
   Args:
@@ -80,8 +82,11 @@ def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = mo
     overrides: config keys to change, e.g. ``{'dataset': 'folder:/data/cifar10'}``.
     domain: BN domain to evaluate with (``'aux'`` for MixProp/AdvProp's auxiliary BN).
     mesh: device mesh (default: every device).
+    with_method: also set up the run's method and read its extras (EWS's controller, ANT's
+      generators, ...) as host arrays, for analyses that need them.
   """
   from jaxrobust import checkpointing, train  # pylint: disable=g-import-not-at-top
+  from jaxrobust.methods.base import Context  # pylint: disable=g-import-not-at-top
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise ValueError(f'{workdir!r} is not a training workdir: no config.json.')
@@ -90,7 +95,7 @@ def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = mo
   for key, value in (overrides or {}).items():
     config[key] = value
   config.init_from = ''  # the run's own checkpoint is what gets loaded
-  info, _, model, _, mesh, _ = train.build(config, mesh)
+  info, method, model, tx, mesh, steps_per_epoch = train.build(config, mesh)
   # Only params and BN statistics, read as numpy: works whatever the saving run's device count
   # or process topology, and without rebuilding its optimizer state.
   raw, step = checkpointing.load_arrays(workdir)
@@ -100,8 +105,13 @@ def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = mo
     raise ValueError(f'Domain {domain!r} not in this run; it has {sorted(batch_stats)}.')
   source = data.InMemorySource(info, info.eval_split, config.get('data_dir') or None) \
       if info.in_memory else None
-  return Run(config, info, model, mesh, params, batch_stats, int(step), domain,
-             workdir, source)
+  run = Run(config, info, model, mesh, params, batch_stats, int(step), domain, workdir, source)
+  if with_method:
+    method.setup(Context(config=config, model=model, tx=tx, info=info, mesh=mesh,
+                         steps_per_epoch=steps_per_epoch,
+                         total_steps=int(config.num_epochs * steps_per_epoch)))
+    run.method, run.extras = method, raw.get('extras') or {}
+  return run
 
 
 # ----------------------------------------------------------------------------- suites

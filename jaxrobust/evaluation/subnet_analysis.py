@@ -275,34 +275,6 @@ def summarize(result: Mapping[str, Any]) -> dict:
 # ------------------------------------------------------------------------------- command line
 
 
-def restore_run(workdir: str):
-  """Rebuilds a finished run from ``<workdir>/config.json`` and its latest checkpoint.
-
-  Returns:
-    ``(config, info, method, model, mesh, state)`` with the state replicated on the mesh.
-  """
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from jaxrobust import checkpointing, train  # pylint: disable=g-import-not-at-top
-  from jaxrobust.methods.base import Context  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise ValueError(f'workdir {workdir!r} has no config.json: not a jaxrobust run.')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  info, method, model, tx, mesh, spe = train.build(config)
-  method.setup(Context(config=config, model=model, tx=tx, info=info, mesh=mesh,
-                       steps_per_epoch=spe, total_steps=int(config.num_epochs * spe)))
-  state = parallel.replicate(
-      train.create_train_state(config, method, model, tx, info, jax.random.PRNGKey(config.seed)),
-      mesh)
-  ckpt = checkpointing.Checkpointer(workdir)
-  restored, step = ckpt.restore(state)
-  ckpt.close()
-  if restored is None:
-    raise ValueError(f'workdir {workdir!r} has no checkpoint.')
-  return config, info, method, model, mesh, restored
-
-
 def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str = '',
                 attack: str = '', max_examples: int = 0, bn: str = 'batch', seed: int = 0,
                 vulnerability: bool = False) -> dict:
@@ -310,13 +282,14 @@ def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str =
   from jaxrobust import data  # pylint: disable=g-import-not-at-top
   from jaxrobust.models import controller as controller_lib  # pylint: disable=g-import-not-at-top
   from jaxrobust.models import subnets  # pylint: disable=g-import-not-at-top
-  config, info, method, model, mesh, state = restore_run(workdir)
+  from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
+  run = runner.load_run(workdir, with_method=True)
+  config, info, method, model, mesh = run.config, run.info, run.method, run.model, run.mesh
   space = subnets.subnet_space(model, rho, image_shape=tuple(info.image_shape))
-  source = data.InMemorySource(info, info.eval_split, config.get('data_dir') or None) \
-      if info.in_memory else None
 
   def make_batches():
-    return data.eval_iterator(info, global_batch_size=config.eval_batch_size, source=source,
+    return data.eval_iterator(info, global_batch_size=config.eval_batch_size,
+                              source=run.eval_source,
                               data_dir=config.get('data_dir') or None,
                               max_examples=max_examples or None)
 
@@ -328,22 +301,21 @@ def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str =
     perturbations[attack] = pgd_perturbation(model, attack)
   rng = jax.random.key(seed)
   kinds = {'random': None}
-  extras = state.extras if isinstance(state.extras, Mapping) else {}
-  if 'controller' in extras:
-    cparams = jax.device_get(extras['controller']['params'])
+  if 'controller' in run.extras:
+    cparams = run.extras['controller']['params']
     sample = jax.jit(controller_lib.sample_subnets, static_argnums=(0, 3))(
         method.controller, cparams, jax.random.fold_in(rng, 1), num_subnets)
     kinds['controller'] = method.space.from_slot_masks(sample.masks)
   out = {'workdir': workdir, 'method': config.method, 'rho': rho, 'bn': bn, 'subnets': {}}
   for kind, masks in kinds.items():
-    res = confidence_distribution(model, state.params, state.batch_stats, make_batches, mesh,
+    res = confidence_distribution(model, run.params, run.batch_stats, make_batches, mesh,
                                   space=space, num_subnets=num_subnets, rng=rng,
                                   perturbations=perturbations, masks=masks, bn=bn)
     out['subnets'][kind] = {cond: {**summarize(r), 'confidence': r['confidence'].tolist(),
                                    'accuracy': r['accuracy'].tolist()}
                             for cond, r in res.items()}
   if vulnerability:
-    out['vulnerability'] = block_vulnerability(model, state.params, state.batch_stats,
+    out['vulnerability'] = block_vulnerability(model, run.params, run.batch_stats,
                                                make_batches, mesh, space=space, bn=bn)
   return out
 

@@ -258,6 +258,27 @@ def trades_loss(clean_logits: jax.Array, adv_logits: jax.Array, labels: jax.Arra
 # ------------------------------------------------------------------------------- methods
 
 
+def clean_and_adversarial_passes(model, params, batch_stats, x, x_adv, dropout_rng, *,
+                                 with_clean: bool = True):
+  """The training passes of PGD-AT / TRADES (and of EWS on them): clean, then adversarial.
+
+  Both go through ``'main'`` normalising with their own batch statistics (BN rule in the module
+  docstring), with dropout keys ``fold_in(dropout_rng, 0)`` and ``fold_in(dropout_rng, 1)``; the
+  running statistics take both updates, clean first.
+
+  Returns:
+    ``(clean_logits, adv_logits, new_batch_stats)``; ``clean_logits`` is None without the clean
+    pass.
+  """
+  clean_logits, stats = None, batch_stats
+  if with_clean:
+    clean_logits, stats = apply_model(model, params, stats, x, train=True, domain=MAIN,
+                                      rngs={'dropout': jax.random.fold_in(dropout_rng, 0)})
+  adv_logits, stats = apply_model(model, params, stats, x_adv, train=True, domain=MAIN,
+                                  rngs={'dropout': jax.random.fold_in(dropout_rng, 1)})
+  return clean_logits, adv_logits, stats
+
+
 @register('pgd_at')
 class PGDAdversarialTraining(Method):
   """Madry PGD adversarial training; see the module docstring for the loss and BN rule.
@@ -298,26 +319,33 @@ class PGDAdversarialTraining(Method):
     """``(attack_key, crafting_dropout_key, training_dropout_key)`` of a step."""
     return jax.random.split(rng, 3)
 
+  def update(self, state, x, x_adv, k_drop, loss_of, *, with_clean=True):
+    """One optimizer step on ``loss_of(clean_logits, adv_logits)``.
+
+    The passes are :func:`clean_and_adversarial_passes` (the clean one skipped when
+    ``with_clean`` is False; its logits are then None).
+
+    Returns:
+      ``(state, loss, clean_logits, adv_logits)``, the state after the step.
+    """
+    def loss_fn(params):
+      clean_logits, adv_logits, stats = clean_and_adversarial_passes(
+          self.model, params, state.batch_stats, x, x_adv, k_drop, with_clean=with_clean)
+      return loss_of(clean_logits, adv_logits), (stats, clean_logits, adv_logits)
+
+    (loss, (stats, clean_logits, adv_logits)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state.params)
+    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
+    return state, loss, clean_logits, adv_logits
+
   def train_step(self, state, batch, rng):
     x, y = batch['image'], batch['label']
     k_attack, k_craft_drop, k_drop = self.split_rng(rng)
     x_adv = self.craft(state.params, state.batch_stats, x, y, k_attack, k_craft_drop)
-    with_clean = bool(self.gamma)
-
-    def loss_fn(params):
-      stats = state.batch_stats
-      clean_logits = None
-      if with_clean:
-        clean_logits, stats = apply_model(self.model, params, stats, x, train=True, domain=MAIN,
-                                          rngs={'dropout': jax.random.fold_in(k_drop, 0)})
-      adv_logits, stats = apply_model(self.model, params, stats, x_adv, train=True, domain=MAIN,
-                                      rngs={'dropout': jax.random.fold_in(k_drop, 1)})
-      loss = pgd_at_loss(adv_logits, y, clean_logits, self.gamma, self.label_smoothing)
-      return loss, (stats, adv_logits, clean_logits)
-
-    (loss, (stats, adv_logits, clean_logits)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
+    state, loss, clean_logits, adv_logits = self.update(
+        state, x, x_adv, k_drop,
+        lambda clean, adv: pgd_at_loss(adv, y, clean, self.gamma, self.label_smoothing),
+        with_clean=bool(self.gamma))
     metrics = {'loss': loss, 'adv_accuracy': common.accuracy(adv_logits, y),
                'adv_loss': common.cross_entropy(adv_logits, y)}
     if clean_logits is not None:
@@ -350,18 +378,9 @@ class TRADES(PGDAdversarialTraining):
     x, y = batch['image'], batch['label']
     k_attack, k_craft_drop, k_drop = self.split_rng(rng)
     x_adv = self.craft(state.params, state.batch_stats, x, y, k_attack, k_craft_drop)
-
-    def loss_fn(params):
-      clean_logits, stats = apply_model(self.model, params, state.batch_stats, x, train=True,
-                                        domain=MAIN, rngs={'dropout': jax.random.fold_in(k_drop, 0)})
-      adv_logits, stats = apply_model(self.model, params, stats, x_adv, train=True, domain=MAIN,
-                                      rngs={'dropout': jax.random.fold_in(k_drop, 1)})
-      loss = trades_loss(clean_logits, adv_logits, y, self.beta, self.label_smoothing)
-      return loss, (stats, clean_logits, adv_logits)
-
-    (loss, (stats, clean_logits, adv_logits)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
+    state, loss, clean_logits, adv_logits = self.update(
+        state, x, x_adv, k_drop,
+        lambda clean, adv: trades_loss(clean, adv, y, self.beta, self.label_smoothing))
     return state, {'loss': loss, 'accuracy': common.accuracy(clean_logits, y),
                    'adv_accuracy': common.accuracy(adv_logits, y),
                    'kl': trades_kl(clean_logits, adv_logits)}

@@ -329,16 +329,11 @@ class ANT(Method):
     state, ces = self.generator_phase(state, batch, gen_rng)
     x, _, _ = self.compose_batch(state.extras, batch['image'], mix_rng)
     labels = batch['label']
-
-    def loss_fn(params):
-      # One pass over the mixed batch: BN batch statistics of the mixture, updates `main`.
-      logits, stats = apply_model(self.model, params, state.batch_stats, x, train=True,
-                                  domain=MAIN, rngs={'dropout': dropout_rng})
-      loss = common.cross_entropy(logits, labels, self.config.get('label_smoothing', 0.0))
-      return loss, (stats, logits)
-
-    (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
+    smoothing = self.config.get('label_smoothing', 0.0)
+    # One pass over the mixed batch: BN batch statistics of the mixture, updates `main`.
+    state, loss, logits = common.single_pass_update(
+        self.model, self.tx, state, x,
+        lambda logits: common.cross_entropy(logits, labels, smoothing), dropout_rng)
 
     extras = state.extras
     save = (step + 1) % int(self._get('ant_replay_every')) == 0
@@ -346,15 +341,12 @@ class ANT(Method):
                                  extras['replay'], extras['replay_count'], extras['gen'])
     state = state.replace(extras={**extras, 'replay': replay, 'replay_count': count})
 
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    metrics = {'loss': loss, 'accuracy': jnp.mean(correct), 'generator_ce': ces[-1],
-               'replay_filled': jnp.minimum(count, int(self._get('ant_replay_size'))
-                                            ).astype(jnp.float32)}
     n_clean, n_cur, n_rep = self.sizes(labels.shape[0])
-    for name, lo, n in (('clean', 0, n_clean), ('current', n_clean, n_cur),
-                        ('replay', n_clean + n_cur, n_rep)):
-      if n:  # empty parts have no (finite) accuracy
-        metrics[f'{name}_accuracy'] = jnp.mean(correct[lo:lo + n])
+    metrics = {'loss': loss, 'generator_ce': ces[-1],
+               'replay_filled': jnp.minimum(count, int(self._get('ant_replay_size'))
+                                            ).astype(jnp.float32),
+               **common.part_accuracies(logits, labels, (('clean', n_clean), ('current', n_cur),
+                                                         ('replay', n_rep)))}
     return state, metrics
 
   # -- generator restarts ----------------------------------------------------------------------

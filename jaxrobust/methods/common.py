@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxrobust.models import MAIN, apply_model
 from jaxrobust.parallel import AXIS
 
 
@@ -52,3 +53,53 @@ def apply_gradients(state, grads, tx, *, params_field: str = 'params'):
 
 def global_norm(tree):
   return optax.global_norm(tree)
+
+
+def single_pass_update(model, tx, state, x, loss_of_logits, dropout_rng):
+  """One optimizer step on a loss of ONE training pass of ``x`` through ``'main'``.
+
+  The pass normalises with the batch statistics of ``x`` and its running-statistics update
+  becomes the new ``state.batch_stats`` (the BN rule of every single-domain method whose batch
+  is one mixture: vanilla, GNT, ANT, partial mixup).
+
+  Args:
+    model: the backbone.
+    tx: its optimizer.
+    state: the train state.
+    x: the (already composed) training images of this device.
+    loss_of_logits: ``logits -> scalar loss``.
+    dropout_rng: key for dropout.
+
+  Returns:
+    ``(state, loss, logits)``, the state after the step.
+  """
+  def loss_fn(params):
+    logits, stats = apply_model(model, params, state.batch_stats, x, train=True, domain=MAIN,
+                                rngs={'dropout': dropout_rng})
+    return loss_of_logits(logits), (stats, logits)
+
+  (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = apply_gradients(state, grads, tx).replace(batch_stats=stats)
+  return state, loss, logits
+
+
+def part_accuracies(logits, labels, parts):
+  """Accuracy of consecutive parts of a composed batch, e.g. clean | noisy.
+
+  Args:
+    logits: [b, classes].
+    labels: [b].
+    parts: ``((name, size), ...)`` in batch order; the sizes sum to ``b``.
+
+  Returns:
+    ``{'accuracy': overall, '<name>_accuracy': ...}``; empty parts are left out, since the loop
+    requires every metric to be finite.
+  """
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  metrics = {'accuracy': jnp.mean(correct)}
+  start = 0
+  for name, size in parts:
+    if size:
+      metrics[f'{name}_accuracy'] = jnp.mean(correct[start:start + size])
+    start += size
+  return metrics

@@ -360,13 +360,10 @@ class EWS(Method):
       kl_terms.append((1.0, logits, x))
     elif self.base_kind == 'pgd_at':
       gamma = self.base.gamma
-      clean_logits = None
+      clean_logits, adv_logits, stats = at.clean_and_adversarial_passes(
+          self.model, params, stats, x, x_adv, rng, with_clean=bool(gamma))
       if gamma:
-        clean_logits, stats = apply_model(self.model, params, stats, x, train=True, domain=MAIN,
-                                          rngs=drop(0))
         metrics['accuracy'] = common.accuracy(clean_logits, y)
-      adv_logits, stats = apply_model(self.model, params, stats, x_adv, train=True, domain=MAIN,
-                                      rngs=drop(1))
       base_loss = at.pgd_at_loss(adv_logits, y, clean_logits, gamma, self.label_smoothing)
       metrics['adv_accuracy'] = common.accuracy(adv_logits, y)
       kl_terms.append((1.0, adv_logits, x_adv))
@@ -374,10 +371,8 @@ class EWS(Method):
         kl_terms.append((gamma, clean_logits, x))
     else:  # trades: Eq. 3-4 times beta = 1 / gamma
       beta = self.base.beta
-      clean_logits, stats = apply_model(self.model, params, stats, x, train=True, domain=MAIN,
-                                        rngs=drop(0))
-      adv_logits, stats = apply_model(self.model, params, stats, x_adv, train=True, domain=MAIN,
-                                      rngs=drop(1))
+      clean_logits, adv_logits, stats = at.clean_and_adversarial_passes(
+          self.model, params, stats, x, x_adv, rng)
       base_loss = at.trades_loss(clean_logits, adv_logits, y, beta, self.label_smoothing)
       metrics.update(accuracy=common.accuracy(clean_logits, y),
                      adv_accuracy=common.accuracy(adv_logits, y),

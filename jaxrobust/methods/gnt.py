@@ -35,7 +35,6 @@ import jax.numpy as jnp
 
 from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Method
-from jaxrobust.models import MAIN, apply_model
 
 NOISES = ('gaussian', 'speckle')
 # Section 3.1/4: the set matching ImageNet-C's Gaussian-noise severities ("GNT_mult").
@@ -112,24 +111,14 @@ class GNT(Method):
   def train_step(self, state, batch, rng):
     noise_rng, dropout_rng = jax.random.split(rng)
     labels = batch['label']
-    n_clean = num_clean(labels.shape[0], float(self._get('gnt_clean_fraction')))
+    clean_fraction = float(self._get('gnt_clean_fraction'))
     x, _ = noise_batch(batch['image'], noise_rng, noise=self._get('gnt_noise'),
-                       sigmas=self.sigmas, clean_fraction=float(self._get('gnt_clean_fraction')))
-
-    def loss_fn(params):
-      # One pass over the mixed batch: BN batch statistics of clean+noisy, updates `main`.
-      logits, stats = apply_model(self.model, params, state.batch_stats, x, train=True,
-                                  domain=MAIN, rngs={'dropout': dropout_rng})
-      loss = common.cross_entropy(logits, labels, self.config.get('label_smoothing', 0.0))
-      return loss, (stats, logits)
-
-    (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-    metrics = {'loss': loss, 'accuracy': jnp.mean(correct)}
-    # Only non-empty parts (the loop requires every metric to be finite).
-    if n_clean:
-      metrics['clean_accuracy'] = jnp.mean(correct[:n_clean])
-    if n_clean < labels.shape[0]:
-      metrics['noisy_accuracy'] = jnp.mean(correct[n_clean:])
-    return state, metrics
+                       sigmas=self.sigmas, clean_fraction=clean_fraction)
+    smoothing = self.config.get('label_smoothing', 0.0)
+    # One pass over the mixed batch: BN batch statistics of clean+noisy, updates `main`.
+    state, loss, logits = common.single_pass_update(
+        self.model, self.tx, state, x,
+        lambda logits: common.cross_entropy(logits, labels, smoothing), dropout_rng)
+    n_clean = num_clean(labels.shape[0], clean_fraction)
+    return state, {'loss': loss, **common.part_accuracies(
+        logits, labels, (('clean', n_clean), ('noisy', labels.shape[0] - n_clean)))}

@@ -213,15 +213,10 @@ class Mixup(Method):
     x, y = batch['image'], batch['label']
     lam, perm, k_drop = step_mixing(state, rng, x.shape[0], self.alpha)
     images, is_mixed = partial_mix(x, perm, lam, self.num_mixed(x.shape[0]))
-
-    def loss_fn(params):
-      logits, stats = apply_model(self.model, params, state.batch_stats, images, train=True,
-                                  domain=MAIN, rngs={'dropout': k_drop})
-      loss = partial_mixup_loss(logits, y, perm, lam, is_mixed, self.label_smoothing)
-      return loss, (stats, logits)
-
-    (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
+    state, loss, logits = common.single_pass_update(
+        self.model, self.tx, state, images,
+        lambda logits: partial_mixup_loss(logits, y, perm, lam, is_mixed, self.label_smoothing),
+        k_drop)
     clean = (~is_mixed).astype(jnp.float32)
     correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
     return state, {'loss': loss, 'lambda': lam,
