@@ -319,6 +319,13 @@ class PGDAdversarialTraining(Method):
     """``(attack_key, crafting_dropout_key, training_dropout_key)`` of a step."""
     return jax.random.split(rng, 3)
 
+  def craft_batch(self, state, batch, rng):
+    """``(x, y, x_adv, training_dropout_key)`` of a step: its adversarial examples, crafted at
+    the step's starting weights."""
+    x, y = batch['image'], batch['label']
+    k_attack, k_craft_drop, k_drop = self.split_rng(rng)
+    return x, y, self.craft(state.params, state.batch_stats, x, y, k_attack, k_craft_drop), k_drop
+
   def update(self, state, x, x_adv, k_drop, loss_of, *, with_clean=True):
     """One optimizer step on ``loss_of(clean_logits, adv_logits)``.
 
@@ -339,9 +346,7 @@ class PGDAdversarialTraining(Method):
     return state, loss, clean_logits, adv_logits
 
   def train_step(self, state, batch, rng):
-    x, y = batch['image'], batch['label']
-    k_attack, k_craft_drop, k_drop = self.split_rng(rng)
-    x_adv = self.craft(state.params, state.batch_stats, x, y, k_attack, k_craft_drop)
+    x, y, x_adv, k_drop = self.craft_batch(state, batch, rng)
     state, loss, clean_logits, adv_logits = self.update(
         state, x, x_adv, k_drop,
         lambda clean, adv: pgd_at_loss(adv, y, clean, self.gamma, self.label_smoothing),
@@ -375,9 +380,7 @@ class TRADES(PGDAdversarialTraining):
     return attack_steps(self.attack_kwargs) + 1 / 3 + 2
 
   def train_step(self, state, batch, rng):
-    x, y = batch['image'], batch['label']
-    k_attack, k_craft_drop, k_drop = self.split_rng(rng)
-    x_adv = self.craft(state.params, state.batch_stats, x, y, k_attack, k_craft_drop)
+    x, y, x_adv, k_drop = self.craft_batch(state, batch, rng)
     state, loss, clean_logits, adv_logits = self.update(
         state, x, x_adv, k_drop,
         lambda clean, adv: trades_loss(clean, adv, y, self.beta, self.label_smoothing))
