@@ -41,6 +41,7 @@ def test_all_suites_write_a_report(trained, tmp_path):
   assert errors['contrast'][5] > errors['contrast'][1]
   pgd = report['pgd']
   assert pgd['pgd20'] <= pgd['ifgsm10'] + 1e-9 and pgd['pgd20'] <= pgd['clean']
+  assert pgd['madry_pgd10'] <= pgd['clean']
   assert pgd['curve']['accuracy'] == sorted(pgd['curve']['accuracy'], reverse=True)
   assert report['apgd']['apgd_ce'] <= pgd['clean']
   assert report['eps_star']['gaussian']['eps_star'] > 0
