@@ -8,12 +8,12 @@ K = 10 epochs on 10% of the training data with C = 8 subnets per controller step
     python -m jaxrobust.main --config=configs/ews_cifar.py --workdir=/tmp/ews_cifar
 
 On the local CIFAR-10 copy with the CPU-sized recipe (searching every epoch, so that the
-5-epoch run searches 5 times):
+5-epoch run searches 5 times; plain momentum like the vanilla baseline of that recipe):
 
     python -m jaxrobust.main --config=configs/ews_cifar.py --workdir=/tmp/ews_small \
       --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
       --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2 \
-      --config.ews_search_every_epochs=1.0
+      --config.ews_search_every_epochs=1.0 --config.nesterov=False
 
 Search baselines of Table 5: ``--config.ews_search=random`` / ``--config.ews_search=l1``.
 """
