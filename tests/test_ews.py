@@ -114,31 +114,69 @@ def test_step_compiles_once_and_subnet_passes_leave_statistics_alone():
   chex.assert_trees_all_close(stats_after_first, expected, rtol=1e-5, atol=1e-6)
 
 
+def _toy_reward(params, stats, x, y, masks, rng):
+  """1 when the first block keeps its residual branch (slot 0, candidate 0), else 0."""
+  del params, stats, x, y, rng
+  return masks['stage1_block1']['path'][:, 0]
+
+
+def _p_residual(m, state):
+  """The controller's probability of keeping the first block's residual branch."""
+  s = jax.jit(controller_lib.sample_subnets, static_argnums=(0, 3))(
+      m.controller, parallel.to_host(state.extras['controller']['params']), jax.random.key(7),
+      4000)
+  return float(np.mean(np.asarray(s.masks[0])[:, 0]))
+
+
 def test_search_hook_raises_probability_of_rewarded_subnets():
   _, _, m, state = _setup(ews_search_fraction=1.0, ews_controller_lr=0.05,
-                          ews_entropy_weight=0.0, ews_search_every_epochs=2.0)
+                          ews_entropy_weight=0.0, ews_search_every_epochs=2.0,
+                          ews_controller_restart=False)
   (hook,) = m.hooks()
   assert hook.every_steps == 2 * STEPS_PER_EPOCH and m.search_batches() == STEPS_PER_EPOCH
-  # Toy reward: 1 when the first block keeps its residual branch (slot 0, candidate 0).
-  m.subnet_rewards = lambda params, stats, x, y, masks, rng: masks['stage1_block1']['path'][:, 0]
-  sample = jax.jit(controller_lib.sample_subnets, static_argnums=(0, 3))
-
-  def p_residual(st):
-    s = sample(m.controller, parallel.to_host(st.extras['controller']['params']),
-               jax.random.key(7), 4000)
-    return float(np.mean(np.asarray(s.masks[0])[:, 0]))
-
-  before = p_residual(state)
+  m.subnet_rewards = _toy_reward
+  before = _p_residual(m, state)
   for _ in range(3):
     state = hook.fn(state)
-  after = p_residual(state)
-  assert 0.4 < before < 0.6 and after > before + 0.25, (before, after)
+  after = _p_residual(m, state)
+  assert 0.4 < before < 0.6 and after > before + 0.2, (before, after)
   ctrl, search = parallel.to_host((state.extras['controller'], state.extras['search']))
   assert int(ctrl['steps']) == 3 * STEPS_PER_EPOCH and int(search['count']) == 3
   assert 0.5 < float(ctrl['baseline']) <= 1.0  # tracks the (rising) toy reward
   for key in ('controller_accuracy', 'random_accuracy'):
     assert 0.0 <= float(search[key]) <= 1.0
   assert m.last_search['last_reward'] >= m.last_search['first_reward']
+
+
+def test_controller_restart_makes_every_search_start_afresh():
+  progress = {}
+  for restart in (False, True):
+    _, _, m, state = _setup(ews_search_fraction=1.0, ews_controller_lr=0.05,
+                            ews_entropy_weight=0.0, ews_controller_restart=restart)
+    m.subnet_rewards = _toy_reward
+    (hook,) = m.hooks()
+    state = hook.fn(state)
+    first = _p_residual(m, state)
+    state = hook.fn(state)
+    progress[restart] = (first, _p_residual(m, state))
+  (first, carried), (first_again, restarted) = progress[False], progress[True]
+  assert first == pytest.approx(first_again)  # the first search starts from the initial one
+  assert carried > first + 0.05, progress     # carried on: the second search goes further
+  assert abs(restarted - first) < 0.05, progress  # restarted: it ends where the first did
+
+
+def test_search_restarts_the_baseline_at_every_search():
+  """A baseline left over from an earlier search (another network) must not bias the next one."""
+  _, mesh, m, state = _setup(ews_search_fraction=1.0, ews_search_every_epochs=1.0)
+  m.subnet_rewards = _toy_reward
+  ctrl = parallel.to_host(state.extras['controller'])
+  ctrl.update(baseline=np.float32(50.0), steps=np.int32(5))  # stale: rewards now lie in [0, 1]
+  state = state.replace(extras={**state.extras, 'controller': parallel.replicate(ctrl, mesh)})
+  (hook,) = m.hooks()
+  state = hook.fn(state)
+  # Restarted from the first batch's mean reward, then averaged with rewards in [0, 1]; without
+  # the restart it would still be 50 * 0.95^4 = 40.7.
+  assert 0.0 <= float(parallel.to_host(state.extras['controller'])['baseline']) <= 1.0
 
 
 def test_search_baselines_random_and_l1():

@@ -9,16 +9,18 @@ arrays passed to the backbone (``subnet=masks``), so one compiled step serves ev
 
 **Algorithm** (Algorithm 1). Alternate
 
-1. *Search* (every ``ews_search_every_epochs = K`` epochs, 10 in the paper; a :class:`Hook`
-   with its own jitted body): on a fixed subset ``D_s`` holding ``ews_search_fraction`` (10%) of
-   the training set, one controller step per batch: sample ``C = ews_search_num_subnets`` (8)
-   subnets ``alpha_i ~ pi_theta`` from the LSTM controller (:mod:`jaxrobust.models.controller`),
-   reward ``R_i = -accuracy(alpha_i, batch)``, and minimise the REINFORCE loss
-   ``-1/C sum_i (R_i - b) log pi(alpha_i) - w_H * mean_i H_i`` with a moving-average baseline
-   ``b <- d b + (1 - d) mean_i R_i`` (initialised with the first batch's mean reward) and an
-   entropy bonus (Eq. 1: the controller learns to produce *weak* subnets). The adversarial
-   variant (section 3.4.1, default for the adversarial bases) evaluates the subnets on PGD
-   examples of the batch crafted on the full network with the base method's attack.
+1. *Search* (every ``ews_search_every_epochs = K`` epochs, 10 in the paper; a :class:`Hook` with
+   its own jitted body): on a fixed subset ``D_s`` holding ``ews_search_fraction`` (10%) of the
+   training set, starting from a freshly initialised controller (``ews_controller_restart``, see
+   :meth:`EWS.restart_controller`), one controller step per batch: sample ``C =
+   ews_search_num_subnets`` (8) subnets ``alpha_i ~ pi_theta`` from the LSTM controller
+   (:mod:`jaxrobust.models.controller`), reward ``R_i = -accuracy(alpha_i, batch)``, and minimise
+   the REINFORCE loss ``-1/C sum_i (R_i - b) log pi(alpha_i) - w_H * mean_i H_i`` with a moving-
+   average baseline ``b <- d b + (1 - d) mean_i R_i`` (restarted from the mean reward of every
+   search's first batch) and an entropy bonus (Eq. 1: the controller learns to produce *weak*
+   subnets). The adversarial variant (section 3.4.1, default for the adversarial bases) evaluates
+   the subnets on PGD examples of the batch crafted on the full network with the base method's
+   attack.
    After each search, the mean accuracy of C controller subnets and of C uniformly random
    subnets on a few *other* training batches is recorded (``search_controller_accuracy`` /
    ``search_random_accuracy`` in the training metrics): the controller's subnets should be the
@@ -99,7 +101,7 @@ SEARCHES = ('controller', 'random', 'l1')
 SEARCH_ON = ('auto', 'clean', 'adversarial')
 AWP_BASES = ('pgd_at', 'trades')
 # fold_in tags: the subnet of a step and the search keys are device-independent.
-_SUBNET_TAG, _SEARCH_TAG, _COMPARE_TAG = 0x5EB, 0x5EA, 0xC0A
+_SUBNET_TAG, _SEARCH_TAG, _COMPARE_TAG, _RESTART_TAG = 0x5EB, 0x5EA, 0xC0A, 0x4E5
 _AWP_EPS = 1e-20
 
 
@@ -189,6 +191,7 @@ class EWS(Method):
   ``ews_search_attack`` (a preset for the adversarial search of the natural base; default
   'madry_pgd10'), ``ews_controller_lr`` (Adam, 1e-2), ``ews_controller_hidden`` (100),
   ``ews_entropy_weight`` (1e-4), ``ews_baseline_decay`` (0.95), ``ews_compare_batches`` (4),
+  ``ews_controller_restart`` (True: every search starts from a freshly initialised controller),
   ``awp_gamma`` (0 = off), ``awp_warmup_epochs`` (0).
   """
   base_name = 'natural'
@@ -245,6 +248,7 @@ class EWS(Method):
     self.baseline_decay = float(c.get('ews_baseline_decay', 0.95))
     if not 0.0 <= self.baseline_decay <= 1.0:
       raise ValueError(f'ews_baseline_decay must be in [0, 1], got {self.baseline_decay}.')
+    self.controller_restart = bool(c.get('ews_controller_restart', True))
     self.compare_batches = int(c.get('ews_compare_batches', 4))
     if self.compare_batches < 0:
       raise ValueError(f'ews_compare_batches must be >= 0, got {self.compare_batches}.')
@@ -454,8 +458,14 @@ class EWS(Method):
     accs = subnet_accuracies(self.model, params, batch_stats, x, y, masks, rng=rng)
     return -jax.lax.pmean(accs, parallel.AXIS)
 
-  def search_step(self, state, batch):
-    """One controller update on one batch of ``D_s`` (per-device body; Algorithm 1 lines 5-7)."""
+  def search_step(self, state, batch, first):
+    """One controller update on one batch of ``D_s`` (per-device body; Algorithm 1 lines 5-7).
+
+    ``first`` (a bool array) marks a search's first batch: the moving-average baseline restarts
+    there from the batch's mean reward, because the network trained since the last search and
+    the old baseline no longer describes its subnets' accuracy (a stale baseline biases every
+    advantage of the new search's first updates the same way).
+    """
     ctrl = state.extras['controller']
     key = jax.random.fold_in(jax.random.fold_in(state.rng, _SEARCH_TAG), ctrl['steps'])
     k_sample, k_local = jax.random.split(key)
@@ -468,7 +478,7 @@ class EWS(Method):
     rewards = self.subnet_rewards(state.params, state.batch_stats, x, y,
                                   self.space.from_slot_masks(sample.masks), k_eval)
     rewards = jax.lax.stop_gradient(rewards)
-    baseline = jnp.where(ctrl['steps'] == 0, jnp.mean(rewards), ctrl['baseline'])
+    baseline = jnp.where(first, jnp.mean(rewards), ctrl['baseline'])
 
     def pg_loss(cparams):
       lps, ents = jax.vmap(lambda ix: controller_lib.log_prob(self.controller, cparams, ix))(
@@ -508,6 +518,21 @@ class EWS(Method):
     return {'controller_accuracy': jnp.mean(accs[:self.num_subnets]),
             'random_accuracy': jnp.mean(accs[self.num_subnets:])}
 
+  def restart_controller(self, state):
+    """A freshly initialised controller (parameters and Adam state) for the next search.
+
+    Why: between searches the network trains on the controller's own subnets, which makes them
+    strong; a controller that carries on from its last policy has concentrated on exactly those
+    and, within one search, cannot move away from them (measured on the CIFAR-10 budget run: after
+    4 carried-on searches its subnets scored 42% against 18% for random ones; a fresh controller
+    searched on the same network found subnets at 13%).
+    """
+    ctrl = state.extras['controller']
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, _RESTART_TAG), ctrl['steps'])
+    cparams = controller_lib.init_controller(self.controller, key)
+    ctrl = {**ctrl, 'params': cparams, 'opt_state': self.controller_tx.init(cparams)}
+    return state.replace(extras={**state.extras, 'controller': ctrl})
+
   def _l1_body(self, state):
     return state.replace(extras={**state.extras,
                                  'l1_masks': self.space.lowest_l1(state.params)})
@@ -522,12 +547,14 @@ class EWS(Method):
       mesh = self.ctx.mesh
       batch_specs = (P(), P(parallel.AXIS))
       self._search_fns = {
-          'search': parallel.spmd(self.search_step, mesh, in_specs=batch_specs,
+          'search': parallel.spmd(self.search_step, mesh, in_specs=batch_specs + (P(),),
                                   out_specs=(P(), P()), donate_argnums=(0,)),
           'compare': parallel.spmd(self.compare_step, mesh, in_specs=batch_specs + (P(),),
                                    out_specs=P()),
           'l1': parallel.spmd(self._l1_body, mesh, in_specs=(P(),), out_specs=P(),
                               donate_argnums=(0,)),
+          'restart': parallel.spmd(self.restart_controller, mesh, in_specs=(P(),),
+                                   out_specs=P(), donate_argnums=(0,)),
       }
     return self._search_fns
 
@@ -540,9 +567,12 @@ class EWS(Method):
       raise ValueError('The EWS search needs training batches: build the Context with '
                        'train_batches (train.train_and_evaluate does).')
     seed = int(self.config.seed) + 7919  # a fixed seed: the same subset D_s at every search
+    count = int(jax.device_get(state.extras['search']['count']))
+    if self.controller_restart and count > 0:  # the first search starts from the initial one
+      state = fns['restart'](state)
     history = []
-    for batch in self.ctx.train_batches(self.search_batches(), seed):
-      state, m = fns['search'](state, batch)
+    for i, batch in enumerate(self.ctx.train_batches(self.search_batches(), seed)):
+      state, m = fns['search'](state, batch, np.bool_(i == 0))
       history.append(m)
     history = parallel.to_host(history)
     summary = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
@@ -550,7 +580,7 @@ class EWS(Method):
                    last_reward=float(history[-1]['reward']))
     comps = [parallel.to_host(fns['compare'](state, batch, np.int32(i))) for i, batch in
              enumerate(self.ctx.train_batches(self.compare_batches, seed + 1))]
-    count = int(jax.device_get(state.extras['search']['count'])) + 1
+    count += 1
     record = {'count': np.int32(count),
               'controller_accuracy': np.float32(np.mean([c['controller_accuracy'] for c in comps])
                                                 if comps else 0.0),
