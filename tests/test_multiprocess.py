@@ -109,8 +109,10 @@ def test_launcher_propagates_a_failure_and_checks_its_arguments(tmp_path):
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 # Stands in for python in launch_local.sh: reports its arguments, then idles until signalled.
 id=; for a in "$@"; do case $a in --process_id=*) id=${a#*=};; esac; done
-echo "start $id bind=$JAX_COORDINATOR_BIND_ADDRESS xla=$XLA_FLAGS args=$*"
+# The trap comes before "start": the test signals as soon as it reads "start" (a loaded machine
+# could otherwise deliver SIGTERM before the trap exists, and the default action kills us).
 if [[ "$id" == "${FAKE_IGNORE_TERM:-}" ]]; then trap '' TERM; else trap 'echo "TERM $id"; exit 0' TERM; fi
+echo "start $id bind=$JAX_COORDINATOR_BIND_ADDRESS xla=$XLA_FLAGS args=$*"
 if [[ "$id" == "${FAKE_FAIL:-}" ]]; then sleep 0.3; echo "fail $id"; exit 3; fi
 for _ in $(seq 3000); do sleep 0.1; done
 """
