@@ -338,11 +338,9 @@ class PGDAdversarialTraining(Method):
     def loss_fn(params):
       clean_logits, adv_logits, stats = clean_and_adversarial_passes(
           self.model, params, state.batch_stats, x, x_adv, k_drop, with_clean=with_clean)
-      return loss_of(clean_logits, adv_logits), (stats, clean_logits, adv_logits)
+      return loss_of(clean_logits, adv_logits), (stats, (clean_logits, adv_logits))
 
-    (loss, (stats, clean_logits, adv_logits)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
+    state, loss, (clean_logits, adv_logits) = common.gradient_step(state, self.tx, loss_fn)
     return state, loss, clean_logits, adv_logits
 
   def train_step(self, state, batch, rng):

@@ -390,11 +390,9 @@ class AdvProp(Method):
     def loss_fn(params):
       losses, logits, stats = domain_forward(self.model, params, state.batch_stats, groups, y,
                                              k_drop, label_smoothing=self.label_smoothing)
-      return advprop_loss(losses, self.reduction), (losses, logits, stats)
+      return advprop_loss(losses, self.reduction), (stats, (losses, logits))
 
-    (loss, (losses, logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
+    state, loss, (losses, logits) = common.gradient_step(state, self.tx, loss_fn)
     metrics = {'loss': loss}
     names = {MAIN: '', AUX_AUGMENT: 'augment_', AUX: 'adv_', AUX_ADV: 'adv_'}
     for (domain, _), dl, lg in zip(groups, losses, logits):

@@ -51,6 +51,28 @@ def apply_gradients(state, grads, tx, *, params_field: str = 'params'):
                        opt_state=opt_state, step=state.step + 1)
 
 
+def gradient_step(state, tx, loss_fn, *, at_params=None):
+  """One optimizer step on a loss whose training passes also produce new BN statistics.
+
+  ``theta <- theta + tx(pmean_batch(grad loss(theta')))`` with ``theta' = at_params`` (default
+  ``theta`` itself; AWP takes the gradient at adversarially perturbed weights), and
+  ``state.batch_stats`` replaced by the statistics the passes returned: which passes may update
+  them is decided inside ``loss_fn``, so this helper never changes the BN rule of a method.
+
+  Args:
+    state: the train state.
+    tx: its optimizer.
+    loss_fn: ``params -> (loss, (new_batch_stats, aux))``.
+    at_params: where to take the gradient, if not at ``state.params``.
+
+  Returns:
+    ``(state, loss, aux)``, the state after the step.
+  """
+  params = state.params if at_params is None else at_params
+  (loss, (stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return apply_gradients(state, grads, tx).replace(batch_stats=stats), loss, aux
+
+
 def global_norm(tree):
   return optax.global_norm(tree)
 
@@ -78,9 +100,7 @@ def single_pass_update(model, tx, state, x, loss_of_logits, dropout_rng):
                                 rngs={'dropout': dropout_rng})
     return loss_of_logits(logits), (stats, logits)
 
-  (loss, (stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = apply_gradients(state, grads, tx).replace(batch_stats=stats)
-  return state, loss, logits
+  return gradient_step(state, tx, loss_fn)
 
 
 def part_accuracies(logits, labels, parts):

@@ -410,11 +410,10 @@ class EWS(Method):
     return jax.tree.map(jnp.add, state.params, v)
 
   def train_step(self, state, batch, rng):
-    x, y = batch['image'], batch['label']
-    k_attack, k_craft_drop, k_drop = jax.random.split(rng, 3)
-    x_adv = None
-    if self.base is not None:
-      x_adv = self.base.craft(state.params, state.batch_stats, x, y, k_attack, k_craft_drop)
+    if self.base is not None:  # PGD-AT / TRADES: their examples, at the step's starting weights
+      x, y, x_adv, k_drop = self.base.craft_batch(state, batch, rng)
+    else:
+      x, y, x_adv, k_drop = batch['image'], batch['label'], None, rng
     masks = self.step_subnet(state) if self.has_subnets else None
     params = state.params
     if self.awp_gamma > 0:
@@ -423,8 +422,7 @@ class EWS(Method):
     def loss_at(p):
       return self.loss_fn(p, state.batch_stats, x, y, x_adv, masks, k_drop)
 
-    (loss, (stats, metrics)), grads = jax.value_and_grad(loss_at, has_aux=True)(params)
-    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
+    state, loss, metrics = common.gradient_step(state, self.tx, loss_at, at_params=params)
     metrics['loss'] = loss
     if self.has_controller:
       s = state.extras['search']

@@ -178,11 +178,9 @@ class MixProp(Method):
       mixed_logits, stats = apply_model(self.model, params, stats, x_mix, train=True, domain=AUX,
                                         rngs={'dropout': jax.random.fold_in(k_drop, 1)})
       loss = mixprop_loss(clean_logits, mixed_logits, y, perm, lam, self.label_smoothing)
-      return loss, (stats, clean_logits, mixed_logits)
+      return loss, (stats, (clean_logits, mixed_logits))
 
-    (loss, (stats, clean_logits, mixed_logits)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
-    state = common.apply_gradients(state, grads, self.tx).replace(batch_stats=stats)
+    state, loss, (clean_logits, mixed_logits) = common.gradient_step(state, self.tx, loss_fn)
     return state, {'loss': loss, 'accuracy': common.accuracy(clean_logits, y),
                    'mix_loss': mixup_cross_entropy(mixed_logits, y, y[perm], lam),
                    'lambda': lam}
