@@ -1,5 +1,7 @@
 """Backbones: published parameter counts, domain-aware BatchNorm, features, export."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -122,3 +124,71 @@ def test_inputs_are_normalised_inside_the_model():
   assert float(jnp.abs(feats).max()) == 0.0
   logits, _ = models.apply_model(model, params, stats, x, train=False)
   assert logits.shape == (2, 3)
+
+
+# ------------------------------------------------------------------ loop-friendly convolution
+
+@pytest.mark.parametrize('strides,padding,lhs_dilation,rhs_dilation', [
+    ((1, 1), 'SAME', None, None),
+    ((2, 2), 'SAME', None, None),
+    ((2, 2), ((0, 1), (0, 1)), None, None),   # the CIFAR ResNet's strided 3x3 conv
+    ((1, 1), 'VALID', None, (2, 2)),
+    ((1, 2), ((1, 2), (0, 1)), (2, 1), None),
+])
+def test_loop_friendly_conv_has_the_value_and_derivatives_of_lax_conv(strides, padding,
+                                                                      lhs_dilation, rhs_dilation):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 8, 3)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 5)), jnp.float32)
+  dn = ('NHWC', 'HWIO', 'NHWC')
+
+  def loss(conv):
+    return lambda x, w: jnp.sum(jnp.sin(conv(x, w, strides, padding, lhs_dilation, rhs_dilation,
+                                              dn)))
+
+  plain, friendly = loss(jax.lax.conv_general_dilated), loss(models.layers.loop_friendly_conv)
+  np.testing.assert_array_equal(plain(x, w), friendly(x, w))
+  for a, b in zip(jax.grad(plain, (0, 1))(x, w), jax.grad(friendly, (0, 1))(x, w)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # forward mode and second order work too (custom_jvp, not custom_vjp)
+  np.testing.assert_allclose(jax.jvp(plain, (x, w), (x, w))[1],
+                             jax.jvp(friendly, (x, w), (x, w))[1], rtol=1e-5)
+  curvature = lambda f: jax.grad(lambda x: jnp.sum(jax.grad(f)(x, w) ** 2))(x)
+  np.testing.assert_allclose(curvature(plain), curvature(friendly), rtol=1e-4, atol=1e-6)
+
+
+def test_loop_friendly_conv_falls_back_for_grouped_convolutions():
+  x = jnp.ones((1, 4, 4, 4))
+  w = jnp.ones((3, 3, 2, 4))
+  out = models.layers.loop_friendly_conv(x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                         feature_group_count=2)
+  assert out.shape == (1, 4, 4, 4) and float(out[0, 1, 1, 0]) == 18.0  # 3x3 window x 2 channels
+
+
+def _scan_of_input_gradients_hlo(logits_fn, x):
+  """Compiled HLO of a 2-step sign-gradient ascent on the input, as an attack runs it."""
+  def loop(z):
+    grad = jax.grad(lambda c: jnp.sum(logits_fn(c)[:, 0]))
+    return jax.lax.scan(lambda c, _: (c + jnp.sign(grad(c)), None), z, None, length=2)[0]
+  return jax.jit(loop).lower(x).compile().as_text()
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='an XLA:CPU code-generation property')
+def test_input_gradients_inside_a_scan_compile_to_canonical_convolutions(tiny):
+  """No convolution of an attack loop through a backbone keeps a swapped kernel layout.
+
+  XLA:CPU canonicalises convolutions only outside loop bodies; a swapped-kernel ('01oi')
+  convolution left in a loop runs as a naive loop, several times slower (jax-ml/jax#12868).
+  """
+  model, params, stats, x = tiny
+  logits_fn = lambda z: model.apply({'params': params, 'batch_stats': stats['main']}, z,
+                                    train=False)
+  assert '_01oi->' not in _scan_of_input_gradients_hlo(logits_fn, x)
+
+  # The control: the same loop over plain convolutions does keep them. If this fails, XLA
+  # canonicalises loop bodies now and models.layers.loop_friendly_conv can go.
+  conv = functools.partial(jax.lax.conv_general_dilated, window_strides=(1, 1), padding='SAME',
+                           dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  w1, w2 = jnp.ones((3, 3, 3, 4)) / 27.0, jnp.ones((3, 3, 4, 5)) / 36.0
+  plain = lambda z: jnp.mean(conv(jnp.tanh(conv(z, w1)), w2), axis=(1, 2))
+  assert '_01oi->' in _scan_of_input_gradients_hlo(plain, x)

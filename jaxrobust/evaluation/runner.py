@@ -32,7 +32,9 @@ from jaxrobust.evaluation import clean, frequency, metrics, noise_robustness, pl
 SUITES = ('clean', 'corruptions', 'tfds_corruptions', 'pgd', 'apgd', 'eps_star', 'frequency')
 
 # Attacks of the 'pgd' suite (L-inf, 8/255 unless the name says otherwise), weakest first.
-PGD_SUITE = ('fgsm', 'ifgsm10', 'madry_pgd10', 'pgd20')  # madry_pgd10: PGD-10 from a random start
+# madry_pgd10: PGD-10 from a random start; advprop_pgd1: one 1/255 step from a random start (the
+# weak attacker AdvProp trains small nets with, the PGD-1 of its acceptance comparison).
+PGD_SUITE = ('fgsm', 'ifgsm10', 'madry_pgd10', 'pgd20', 'advprop_pgd1')
 # Accuracy-vs-eps curve: PGD-10 (step eps/4) at these radii; 8/255 comes from PGD-20 above.
 EPS_CURVE = (1 / 255, 2 / 255, 4 / 255)
 

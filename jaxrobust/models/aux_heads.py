@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxrobust.models.layers import Conv
 from jaxrobust.models.resnet import conv_init
 
 
@@ -75,7 +76,7 @@ class AttentionMask(nn.Module):
   def __call__(self, x):
     c = x.shape[-1]
     norm = functools.partial(BatchStatNorm, axis_name=self.axis_name)
-    y = nn.Conv(c, (3, 3), padding='SAME', use_bias=False, kernel_init=conv_init, name='conv')(x)
+    y = Conv(c, (3, 3), padding='SAME', use_bias=False, kernel_init=conv_init, name='conv')(x)
     y = nn.relu(norm(name='bn1')(y))
     y = nn.ConvTranspose(c, (3, 3), strides=(1, 1), padding='SAME', use_bias=False,
                          kernel_init=conv_init, name='deconv')(y)
@@ -104,7 +105,7 @@ class AuxClassifier(nn.Module):
     c = features.shape[-1]
     inner = max(1, int(round(c * self.bottleneck_ratio)))
     norm = functools.partial(BatchStatNorm, axis_name=self.axis_name)
-    conv = functools.partial(nn.Conv, padding='SAME', use_bias=False, kernel_init=conv_init)
+    conv = functools.partial(Conv, padding='SAME', use_bias=False, kernel_init=conv_init)
     x = features
     if self.attention:
       x = AttentionMask(axis_name=self.axis_name, name='attention')(x) * x

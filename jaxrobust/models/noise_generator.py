@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxrobust.models.layers import Conv
+
 # Hidden width of the public reference generator.
 DEFAULT_FEATURES = 20
 # Standard deviation of the near-zero weight initialisation of the public reference.
@@ -94,7 +96,7 @@ class NoiseGenerator(nn.Module):
     for i in range(self.num_layers):
       k = 3 if i == self.kernel_3x3_layer else 1
       out = channels if i == self.num_layers - 1 else self.features
-      h = nn.Conv(out, (k, k), padding='VALID', kernel_init=init,
+      h = Conv(out, (k, k), padding='VALID', kernel_init=init,
                   bias_init=nn.initializers.zeros, name=f'conv_{i}')(h)
       if i < self.num_layers - 1:
         h = nn.relu(h)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxrobust.models.layers import MAIN, DomainBatchNorm, Normalize
+from jaxrobust.models.layers import MAIN, Conv, DomainBatchNorm, Normalize
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # He init (torchvision)
 
@@ -196,7 +196,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool, domain: str = MAIN, return_features: bool = False,
                subnet: Optional[dict] = None):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, padding='SAME')
+    conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, padding='SAME')
     norm = functools.partial(DomainBatchNorm, momentum=self.bn_momentum,
                              axis_name=self.bn_axis_name, affine_domains=tuple(self.affine_domains))
     bn = _bound_norm(norm, train, domain)
