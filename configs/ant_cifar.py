@@ -21,7 +21,7 @@ appendices the supplied text lacks, so these are our CIFAR-scale choices:
 * Snapshots every 100 steps, 40 kept (the last ~10 epochs at batch 128); a restart every 390
   steps (one epoch at batch 128) of 100 generator steps.
 Cost: 2 forward/backward passes per step in theory (one per generator step) plus restarts
-(+100/390); measured 4.4x a vanilla step on a 2-core CPU (``benchmarks/throughput.py``).
+(+100/390); measured 2.25x a vanilla step on a 2-core CPU (``benchmarks/throughput.py``).
 
     python -m jaxrobust.main --config=configs/ant_cifar.py --workdir=/tmp/ant_cifar
 

@@ -9,8 +9,9 @@ Early stopping on PGD accuracy (Rice et al.) is up to the evaluation harness.
 
     python -m jaxrobust.main --config=configs/pgd_at_cifar.py --workdir=/tmp/pgd_at_cifar
 
-The CPU-sized comparison on the local CIFAR-10 copy. PGD-10 makes a step cost 11 vanilla steps
-(about 4.5 hours for the 5 epochs on 2 CPU cores), so this run trains with ONE attack step of
+The CPU-sized comparison on the local CIFAR-10 copy. PGD-10 makes a step cost 4.8 vanilla steps
+on a 2-core CPU (about 2.3 hours for the 5 epochs; 11 passes in theory, but an attack step needs
+no weight gradients), so this run trains with ONE attack step of
 size 10/255 from a uniform random start (FGSM-RS, Wong et al. 2020 "Fast is better than free":
 step 1.25 eps with the cyclic schedule used here); it is still evaluated with PGD-10/PGD-20:
 
