@@ -24,6 +24,9 @@ from configs import default
 def add_ews_keys(c, *, lam: float = 1.0):
   """The EWS hyper-parameters (paper section 4.1 / supplementary D, unless noted)."""
   c.ews_lambda = lam                 # lambda of Eq. 2: 1 on CIFAR, 0.7 on ImageNet (supp. D)
+  # The KL's reduction: 'mean' over the B*K elements, as the authors' nn.KLDivLoss(), so lambda
+  # has the paper's scale ('batchmean', the per-example KL, is K times stronger).
+  c.ews_kl_reduction = 'mean'
   c.ews_rho = 0.5                    # subnet width rho (section 4.1, Figure 6 right)
   c.ews_search = 'controller'        # controller | random | l1 (Table 5)
   c.ews_search_every_epochs = 10.0   # K (section 4.1, Figure 5)

@@ -77,16 +77,30 @@ def test_kl_gradient_flows_through_the_subnet_only():
     teacher = jax.lax.stop_gradient(full(p))
     return (jax.grad(lambda q: m.loss_fn(q, stats, x, y, None, masks, rng)[0])(p),
             jax.grad(lambda q: common.cross_entropy(full(q), y))(p),
-            jax.grad(lambda q: common.distillation_kl(teacher, sub(q)))(p),
+            jax.grad(lambda q: common.distillation_kl(teacher, sub(q), reduction='mean'))(p),
             jax.grad(kl_no_stop)(p))
 
   g_method, g_ce, g_student, g_both = grads(params)
-  assert m.lam == 1.0
+  assert m.lam == 1.0 and m.kl_reduction == 'mean'  # the authors' nn.KLDivLoss() scale
   chex.assert_trees_all_close(g_method, jax.tree.map(jnp.add, g_ce, g_student),
                               rtol=1e-4, atol=1e-6)
   diff = max(float(jnp.abs(a - b).max()) for a, b in
              zip(jax.tree.leaves(g_student), jax.tree.leaves(g_both)))
   assert diff > 1e-4  # the check above would notice a teacher gradient
+
+
+def test_kl_reductions_are_per_example_and_per_element():
+  teacher = jnp.asarray([[2.0, 0.0, -1.0, 0.5], [0.0, 1.0, 0.0, 0.0]])
+  student = jnp.asarray([[0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 0.5, 0.0]])
+  p, log_q = jax.nn.softmax(teacher), jax.nn.log_softmax(student)
+  per_example = jnp.sum(p * (jnp.log(p) - log_q), axis=-1)
+  np.testing.assert_allclose(common.distillation_kl(teacher, student), jnp.mean(per_example),
+                             rtol=1e-6)
+  # PyTorch's nn.KLDivLoss() default: the mean over the B*K elements
+  np.testing.assert_allclose(common.distillation_kl(teacher, student, reduction='mean'),
+                             jnp.sum(per_example) / teacher.size, rtol=1e-6)
+  with pytest.raises(ValueError, match="valid: \\('batchmean', 'mean'\\)"):
+    common.distillation_kl(teacher, student, reduction='sum')
 
 
 def test_step_compiles_once_and_subnet_passes_leave_statistics_alone():
@@ -281,6 +295,7 @@ def test_configs_load_and_validate(name):
     ('ews', 'ews_rho', 1.0, 'ews_rho'),
     ('ews', 'ews_rho', 0.0, 'rho'),
     ('ews', 'ews_lambda', -1.0, 'ews_lambda'),
+    ('ews', 'ews_kl_reduction', 'sum', "ews_kl_reduction.*'batchmean', 'mean'"),
     ('ews', 'ews_search_on', 'train', 'ews_search_on'),
     ('ews', 'ews_search_every_epochs', 0.0, 'ews_search_every_epochs'),
     ('awp', 'awp_gamma', 0.0, 'awp_gamma'),

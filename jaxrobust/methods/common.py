@@ -25,17 +25,26 @@ def soft_cross_entropy(logits, target_probs):
   return jnp.mean(-jnp.sum(target_probs * jax.nn.log_softmax(logits), axis=-1))
 
 
-def distillation_kl(teacher_logits, student_logits, temperature: float = 1.0):
-  """``KL(p_teacher || p_student)``, summed over classes, averaged over the batch.
+KL_REDUCTIONS = ('batchmean', 'mean')
 
-  The teacher side is ``stop_gradient``-ed: distillation moves the student towards the teacher,
-  never the teacher towards the student. (PyTorch's ``reduction='batchmean'``; ``'mean'`` would
-  further divide by the number of classes.)
+
+def distillation_kl(teacher_logits, student_logits, temperature: float = 1.0,
+                    reduction: str = 'batchmean'):
+  """``KL(p_teacher || p_student)`` with the teacher side ``stop_gradient``-ed.
+
+  ``batchmean``: ``(1/B) sum_i sum_k p_ik (log p_ik - log q_ik)`` (PyTorch's
+  ``reduction='batchmean'``, the KL divergence per example); ``mean``: the same divided by the
+  number of classes K (PyTorch's default ``reduction='mean'`` of ``nn.KLDivLoss``, an average over
+  the B*K elements; the EWS authors' code uses it, so their lambda is in these units).
+  Distillation moves the student towards the teacher, never the teacher towards the student.
   """
+  if reduction not in KL_REDUCTIONS:
+    raise ValueError(f'Unknown KL reduction {reduction!r}; valid: {KL_REDUCTIONS}.')
   t = jax.lax.stop_gradient(teacher_logits) / temperature
   log_p = jax.nn.log_softmax(t)
   log_q = jax.nn.log_softmax(student_logits / temperature)
-  return jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)) * temperature ** 2
+  kl = jnp.mean(jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)) * temperature ** 2
+  return kl / teacher_logits.shape[-1] if reduction == 'mean' else kl
 
 
 def accuracy(logits, labels):
