@@ -97,3 +97,16 @@ def test_bad_suite_and_workdir(trained, tmp_path):
                          '--suite=clean,nope'], cwd=ROOT, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 2 and "Unknown suite(s) ['nope']" in proc.stderr
+
+
+def test_comparison_row_of_an_auxiliary_domain_reads_that_domain(tmp_path):
+  """A MixProp / AdvProp '(aux BN)' row: its report and its end-of-training accuracy."""
+  for domain, top1 in (('main', 0.61), ('aux', 0.52)):
+    (tmp_path / f'eval_{domain}').mkdir()
+    with open(tmp_path / f'eval_{domain}' / 'report.json', 'w') as f:
+      json.dump({'clean': {'top1': top1}}, f)
+  with open(tmp_path / 'results.json', 'w') as f:
+    json.dump({'wall_time_s': 60.0, 'eval_top1': 0.8, 'eval_aux_top1': 0.7}, f)
+  main, aux = (comparison.row(str(tmp_path), 'mixprop', d) for d in ('main', 'aux'))
+  assert (main['method'], main['clean'], main['full_test_top1']) == ('mixprop', 0.61, 0.8)
+  assert (aux['method'], aux['clean'], aux['full_test_top1']) == ('mixprop (aux BN)', 0.52, 0.7)

@@ -48,7 +48,8 @@ def row(workdir: str, method: str, domain: str = 'main') -> dict:
       'apgd_ce_eps8': report.get('apgd', {}).get('apgd_ce'),
       'eps_star_gaussian': report.get('eps_star', {}).get('gaussian', {}).get('eps_star'),
       'train_minutes': trained['wall_time_s'] / 60.0,
-      'full_test_top1': trained.get('eval_top1'),
+      # results.json has the end-of-training accuracy of every evaluated domain
+      'full_test_top1': trained.get('eval_top1' if domain == 'main' else f'eval_{domain}_top1'),
       'per_corruption_s3': {name: s3(name) for name in errors if s3(name) is not None},
   }
   noise_path = os.path.join(workdir, 'adversarial_noise.json')
