@@ -9,11 +9,15 @@ rate 0.1 divided by 10 at epochs 100 and 150 of 200.
 
     python -m jaxrobust.main --config=configs/trades_cifar.py --workdir=/tmp/trades_cifar
 
-The CPU-sized comparison on the local CIFAR-10 copy:
+The CPU-sized comparison on the local CIFAR-10 copy. As for PGD-AT (configs/pgd_at_cifar.py), ten
+KL steps would make the 5 epochs take hours on a 2-core CPU, so this run crafts with ONE KL sign
+step of size eps from TRADES' own start (a single-step TRADES); it is still evaluated with
+PGD-10/PGD-20 and APGD:
 
     python -m jaxrobust.main --config=configs/trades_cifar.py --workdir=../runs/trades_small \
       --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
-      --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2
+      --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2 \
+      --config.trades_num_steps=1 --config.trades_step_size=0.03137254901960784
 """
 
 import ml_collections
