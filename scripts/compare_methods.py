@@ -78,6 +78,8 @@ flags.DEFINE_integer('adversarial_noise_steps', 150, 'Generator training steps.'
 flags.DEFINE_integer('adversarial_noise_generators', 2, 'Generators (seeds) averaged.')
 flags.DEFINE_bool('subnets', False, 'Also the subnet-confidence analysis (needs vanilla, ews).')
 flags.DEFINE_bool('dry_run', False, 'Print the commands instead of running them.')
+flags.DEFINE_string('readme', None, 'Also embed the table in this Markdown file, between '
+                    '"<!-- <name>_table:start/end -->" markers, <name> = the --out folder name.')
 FLAGS = flags.FLAGS
 
 
@@ -173,8 +175,10 @@ def main(argv):
             f'(clean (10k): the whole test set at the end of training). '
             f'Host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.\n\n'
             f'    python scripts/compare_methods.py {" ".join(sys.argv[1:])}')
-  comparison.write_table(rows, out, header)
+  table = comparison.write_table(rows, out, header)
   comparison.write_plots(rows, out)
+  if FLAGS.readme:
+    comparison.embed_table(FLAGS.readme, table, name=os.path.basename(out))
   with open(os.path.join(out, 'results.json'), 'w') as f:
     json.dump({'rows': rows, 'commands': [' '.join(c) for c in commands]}, f, indent=1)
   print(open(os.path.join(out, 'table.md')).read())

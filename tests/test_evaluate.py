@@ -110,3 +110,16 @@ def test_comparison_row_of_an_auxiliary_domain_reads_that_domain(tmp_path):
   main, aux = (comparison.row(str(tmp_path), 'mixprop', d) for d in ('main', 'aux'))
   assert (main['method'], main['clean'], main['full_test_top1']) == ('mixprop', 0.61, 0.8)
   assert (aux['method'], aux['clean'], aux['full_test_top1']) == ('mixprop (aux BN)', 0.52, 0.7)
+
+
+def test_embed_table_replaces_only_the_marked_block(tmp_path):
+  readme = tmp_path / 'README.md'
+  readme.write_text('intro\n<!-- t_table:start -->\n| old |\n<!-- t_table:end -->\noutro\n')
+  comparison.embed_table(str(readme), '| a |\n|---|\n| 1 |\n', name='t')
+  assert readme.read_text() == ('intro\n<!-- t_table:start -->\n| a |\n|---|\n| 1 |\n'
+                                '<!-- t_table:end -->\noutro\n')
+  comparison.embed_table(str(readme), '| b |', name='t')   # idempotent markers
+  assert '| b |' in readme.read_text() and '| a |' not in readme.read_text()
+  readme.write_text('no markers here\n')
+  with pytest.raises(ValueError, match='t_table:start'):
+    comparison.embed_table(str(readme), '| b |', name='t')

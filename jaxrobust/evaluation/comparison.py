@@ -92,6 +92,32 @@ def write_table(rows: list[dict], out: str, header: str) -> str:
   return table
 
 
+def embed_table(markdown_path: str, table: str, name: str = 'comparison') -> None:
+  """Replaces what lies between ``<!-- {name}_table:start -->`` and ``..:end -->`` by ``table``.
+
+  Keeps a README's table in step with the latest ``table.md`` without hand copying.
+
+  Args:
+    markdown_path: the Markdown file, e.g. ``README.md``; it must hold both markers, in order.
+    table: the table's lines (``write_table``'s return value).
+    name: the markers' name.
+
+  Raises:
+    ValueError: the file lacks a marker, holds one twice or in the wrong order.
+  """
+  start, end = f'<!-- {name}_table:start -->', f'<!-- {name}_table:end -->'
+  with open(markdown_path) as f:
+    text = f.read()
+  counts = (text.count(start), text.count(end))
+  if counts != (1, 1) or text.index(start) > text.index(end):
+    raise ValueError(f'{markdown_path} must hold "{start}" once, followed by "{end}" once; '
+                     f'found them {counts[0]} and {counts[1]} times.')
+  head, rest = text.split(start)
+  tail = rest.split(end)[1]
+  with open(markdown_path, 'w') as f:
+    f.write(f'{head}{start}\n{table.strip()}\n{end}{tail}')
+
+
 def write_plots(rows: list[dict], out: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
