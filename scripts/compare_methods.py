@@ -116,6 +116,13 @@ def evaluate_command(workdir: str, domain: str) -> list[str]:
           '--apgd_targets=1']
 
 
+def auxtrain_corruptions_command(workdir: str, domain: str, out_dir: str) -> list[str]:
+  # Every run, so that Auxiliary Training's gain on its own training corruptions has a baseline.
+  return [sys.executable, '-m', 'jaxrobust.evaluate', f'--workdir={workdir}', f'--domain={domain}',
+          '--suite=corruptions', f'--corruptions={",".join(comparison.AUXTRAIN_CORRUPTIONS)}',
+          f'--max_examples={FLAGS.max_examples}', f'--out_dir={out_dir}']
+
+
 def adversarial_noise_command(workdir: str) -> list[str]:
   return [sys.executable, '-m', 'jaxrobust.evaluation.adversarial_noise', f'--workdir={workdir}',
           f'--eps={FLAGS.adversarial_noise_eps}', f'--steps={FLAGS.adversarial_noise_steps}',
@@ -144,6 +151,10 @@ def main(argv):
     for domain in ('main', 'aux') if method in AUX_DOMAIN_METHODS else ('main',):
       if not os.path.exists(os.path.join(workdir, f'eval_{domain}', 'report.json')):
         commands.append(evaluate_command(workdir, domain))
+        _run(commands[-1], log)
+      auxtrain_dir = os.path.join(workdir, comparison.AUXTRAIN_EVAL_DIR.format(domain=domain))
+      if not os.path.exists(os.path.join(auxtrain_dir, 'report.json')):
+        commands.append(auxtrain_corruptions_command(workdir, domain, auxtrain_dir))
         _run(commands[-1], log)
     if FLAGS.adversarial_noise and not os.path.exists(
         os.path.join(workdir, 'adversarial_noise.json')):

@@ -44,7 +44,13 @@ def test_compare_methods_script_plans_every_step(tmp_path):
   assert len(train) == 3 and all('--config.model=resnet8_wide' in l for l in train)
   assert '--config.ews_search_every_epochs=1.0' in train[2]
   evals = [l for l in lines if 'jaxrobust.evaluate' in l]
-  assert sum('--domain=aux' in l for l in evals) == 1 and len(evals) == 4
+  suites = [l for l in evals if 'auxtrain_corruptions' not in l]
+  assert sum('--domain=aux' in l for l in suites) == 1 and len(suites) == 4
+  # every run and domain also on Auxiliary Training's four training corruptions
+  auxtrain = [l for l in evals if 'auxtrain_corruptions' in l]
+  assert len(auxtrain) == 4 and all(
+      '--corruptions=gaussian_noise,gaussian_blur,rotation,contrast_brightness' in l
+      for l in auxtrain)
   assert sum('adversarial_noise' in l for l in lines) == 3
   bad = subprocess.run([sys.executable, 'scripts/compare_methods.py', '--methods=vanila',
                         f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True,

@@ -107,9 +107,17 @@ def test_comparison_row_of_an_auxiliary_domain_reads_that_domain(tmp_path):
       json.dump({'clean': {'top1': top1}}, f)
   with open(tmp_path / 'results.json', 'w') as f:
     json.dump({'wall_time_s': 60.0, 'eval_top1': 0.8, 'eval_aux_top1': 0.7}, f)
+  # Auxiliary Training's four training corruptions, evaluated for the main BN only here
+  (tmp_path / 'eval_main_auxtrain_corruptions').mkdir()
+  errors = {'gaussian_noise': {'3': 0.4}, 'gaussian_blur': {'3': 0.2, '5': 0.9},
+            'rotation': {'3': 0.3}, 'contrast_brightness': {'3': 0.1}}
+  with open(tmp_path / 'eval_main_auxtrain_corruptions' / 'report.json', 'w') as f:
+    json.dump({'corruptions': {'errors': errors}}, f)
   main, aux = (comparison.row(str(tmp_path), 'mixprop', d) for d in ('main', 'aux'))
   assert (main['method'], main['clean'], main['full_test_top1']) == ('mixprop', 0.61, 0.8)
   assert (aux['method'], aux['clean'], aux['full_test_top1']) == ('mixprop (aux BN)', 0.52, 0.7)
+  assert main['auxtrain_corruptions_s3'] == pytest.approx(1 - (0.4 + 0.2 + 0.3 + 0.1) / 4)
+  assert 'auxtrain_corruptions_s3' not in aux
 
 
 def test_embed_table_replaces_only_the_marked_block(tmp_path):

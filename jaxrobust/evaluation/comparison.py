@@ -14,6 +14,12 @@ import csv
 import json
 import os
 
+from jaxrobust.methods.auxtrain import DEFAULT_CORRUPTIONS as AUXTRAIN_CORRUPTIONS
+
+# Auxiliary Training's four training corruptions, evaluated apart (``rotation`` and
+# ``contrast_brightness`` are not CIFAR-10-C corruptions) into this folder of a run.
+AUXTRAIN_EVAL_DIR = 'eval_{domain}_auxtrain_corruptions'
+
 def _load(path: str):
   with open(path) as f:
     return json.load(f)
@@ -23,6 +29,8 @@ def row(workdir: str, method: str, domain: str = 'main') -> dict:
   """One table row: a run's results.json, eval_<domain>/report.json, adversarial_noise.json.
 
   Missing suites leave their columns empty (None); missing report or results files raise.
+  ``auxtrain_corruptions_s3`` (Auxiliary Training's four training corruptions at severity 3) comes
+  from ``eval_<domain>_auxtrain_corruptions/report.json`` when that evaluation was run.
   Accuracies are fractions; ``per_corruption_s3`` maps each evaluated corruption to its
   accuracy at severity 3 (for the heat map).
   """
@@ -52,6 +60,11 @@ def row(workdir: str, method: str, domain: str = 'main') -> dict:
       'full_test_top1': trained.get('eval_top1' if domain == 'main' else f'eval_{domain}_top1'),
       'per_corruption_s3': {name: s3(name) for name in errors if s3(name) is not None},
   }
+  auxtrain_path = os.path.join(workdir, AUXTRAIN_EVAL_DIR.format(domain=domain), 'report.json')
+  if os.path.exists(auxtrain_path):
+    aux_errors = _load(auxtrain_path)['corruptions']['errors']
+    r['auxtrain_corruptions_s3'] = sum(
+        1.0 - aux_errors[name]['3'] for name in AUXTRAIN_CORRUPTIONS) / len(AUXTRAIN_CORRUPTIONS)
   noise_path = os.path.join(workdir, 'adversarial_noise.json')
   if domain == 'main' and os.path.exists(noise_path):
     r['eps_star_adversarial_noise'] = _load(noise_path)['eps_star']
@@ -65,6 +78,7 @@ COLUMNS = [  # (key, header, format)
     ('corruptions_s3', '15 corruptions s3', '{:.1%}'),
     ('corruptions_all', '15 corruptions s1-5', '{:.1%}'),
     ('gaussian_noise_s3', 'gaussian_noise s3', '{:.1%}'),
+    ('auxtrain_corruptions_s3', '4 Aux-Training corruptions s3', '{:.1%}'),
     ('pgd1_eps1', 'PGD-1 1/255', '{:.1%}'),
     ('pgd10_eps1', 'PGD-10 1/255', '{:.1%}'),
     ('fgsm_eps8', 'FGSM 8/255', '{:.1%}'),
