@@ -338,6 +338,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   elif config.get('init_from', ''):
     state = _init_from(config.init_from, state)
   start_step = int(jax.device_get(state.step))
+  earlier_wall_time = _wall_time_before(workdir, start_step)
 
   train_step = make_train_step(method, config, mesh)
   eval_steps = {d: clean.make_eval_step(model, mesh, domain=d) for d in method.eval_domains()}
@@ -441,12 +442,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     preemption.restore_handlers()
 
   results = {'step': int(done), 'stopped_by': stopped_by, 'skipped_updates': skipped,
-             'wall_time_s': time.time() - start_time,
+             'wall_time_s': earlier_wall_time + time.time() - start_time,
              **{f'eval_{k}': v for k, v in eval_results.items()}}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
   return state, results
+
+
+def _wall_time_before(workdir: str, start_step: int) -> float:
+  """Wall time of the stopped runs this one resumes (0 for a fresh run).
+
+  A stopped run writes ``results.json`` with ``stopped_by`` and the step of its last checkpoint; a
+  run resuming from exactly that step carries its time on, so that ``wall_time_s`` is the whole
+  training's time however often it was preempted.
+  """
+  path = os.path.join(workdir, 'results.json')
+  if start_step == 0 or not os.path.exists(path):
+    return 0.0
+  with open(path) as f:
+    earlier = json.load(f)
+  if earlier.get('stopped_by') and earlier.get('step') == start_step:
+    return float(earlier.get('wall_time_s', 0.0))
+  return 0.0
 
 
 def _checkpoints_dir(path: str) -> str:

@@ -97,6 +97,15 @@ def _run(cmd: list[str], log_path: str) -> float:
   return time.time() - start
 
 
+def _trained(workdir: str) -> bool:
+  """Whether the run in ``workdir`` finished (a stopped run's results.json has ``stopped_by``)."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return not json.load(f).get('stopped_by')
+
+
 def train_command(method: str, workdir: str) -> list[str]:
   config, extra = METHODS[method]
   cpu = FLAGS.budget == 'cpu'
@@ -145,9 +154,15 @@ def main(argv):
   for method in FLAGS.methods:
     workdir = os.path.join(runs, method)
     log = os.path.join(logs, f'{method}.log')
-    if not os.path.exists(os.path.join(workdir, 'results.json')):
+    if not _trained(workdir):
       commands.append(train_command(method, workdir))
       _run(commands[-1], log)
+      if not FLAGS.dry_run and not _trained(workdir):
+        # A stop request (SIGTERM, preemption) saved a checkpoint: evaluating now would report
+        # a half-trained run. The same command resumes it.
+        logging.warning('%s stopped before the end of training; run the same command to '
+                        'resume it.', method)
+        sys.exit(3)
     for domain in ('main', 'aux') if method in AUX_DOMAIN_METHODS else ('main',):
       if not os.path.exists(os.path.join(workdir, f'eval_{domain}', 'report.json')):
         commands.append(evaluate_command(workdir, domain))

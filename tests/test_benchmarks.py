@@ -1,5 +1,7 @@
 """benchmarks/throughput.py: every method's step is timed next to its theoretical pass count."""
 
+import json
+
 import pytest
 
 from benchmarks import throughput
@@ -34,6 +36,11 @@ def test_compare_methods_script_plans_every_step(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   from tests.conftest import ROOT  # pylint: disable=g-import-not-at-top
+  # A stopped (preempted) vanilla run is trained on (resumed); a finished mixprop run is not.
+  for method, stopped_by in (('vanilla', 'SIGTERM'), ('mixprop', None)):
+    (tmp_path / 'runs' / method).mkdir(parents=True)
+    (tmp_path / 'runs' / method / 'results.json').write_text(
+        json.dumps({'step': 10, 'stopped_by': stopped_by, 'wall_time_s': 1.0}))
   proc = subprocess.run(
       [sys.executable, 'scripts/compare_methods.py', '--dry_run', '--methods=vanilla,mixprop,ews',
        f'--out={tmp_path}', '--adversarial_noise'], cwd=ROOT, capture_output=True, text=True,
@@ -41,8 +48,8 @@ def test_compare_methods_script_plans_every_step(tmp_path):
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.splitlines()
   train = [l for l in lines if 'jaxrobust.main' in l]
-  assert len(train) == 3 and all('--config.model=resnet8_wide' in l for l in train)
-  assert '--config.ews_search_every_epochs=1.0' in train[2]
+  assert len(train) == 2 and all('--config.model=resnet8_wide' in l for l in train)
+  assert 'runs/vanilla' in train[0] and '--config.ews_search_every_epochs=1.0' in train[1]
   evals = [l for l in lines if 'jaxrobust.evaluate' in l]
   suites = [l for l in evals if 'auxtrain_corruptions' not in l]
   assert sum('--domain=aux' in l for l in suites) == 1 and len(suites) == 4
