@@ -251,6 +251,7 @@ def load_arrays(workdir: str, step: Optional[int] = None) -> tuple[dict, int]:
       os.path.join(workdir, 'checkpoints'))
   if not os.path.isdir(directory):
     raise ValueError(f'No checkpoints directory at {directory}.')
+  directory = os.path.abspath(directory)  # orbax refuses relative paths
   mgr = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
   try:
     step = mgr.latest_step() if step is None else step

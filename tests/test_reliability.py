@@ -255,6 +255,14 @@ def test_no_readable_checkpoint_starts_from_scratch_and_keeps_everything(tmp_pat
   assert step == 1 and float(arrays['params']['w'][0]) == 5.0
 
 
+def test_load_arrays_reads_a_relative_workdir(tmp_path, monkeypatch):
+  # e.g. ``--workdirs=results/cpu_budget/runs/vanilla``: orbax itself wants absolute paths
+  _saved(tmp_path / 'run', steps=(3,))
+  monkeypatch.chdir(tmp_path)
+  arrays, step = checkpointing.load_arrays('run')
+  assert step == 3 and set(arrays) >= {'params', 'batch_stats'}
+
+
 @pytest.mark.parametrize('target, expected', [
     (_state(0.0, domains=('main', 'aux')),
      r"this run needs batch_stats/aux, which the checkpoint lacks"),
