@@ -20,6 +20,7 @@ from jaxrobust.methods.auxtrain import DEFAULT_CORRUPTIONS as AUXTRAIN_CORRUPTIO
 # ``contrast_brightness`` are not CIFAR-10-C corruptions) into this folder of a run.
 AUXTRAIN_EVAL_DIR = 'eval_{domain}_auxtrain_corruptions'
 
+
 def _load(path: str):
   with open(path) as f:
     return json.load(f)
