@@ -237,6 +237,15 @@ class Checkpointer:
     self.manager.close()
 
 
+def checkpoints_dir(path: str) -> str:
+  """``<path>/checkpoints``, or ``path`` itself if it is one; ValueError if it does not exist."""
+  directory = path if os.path.basename(os.path.normpath(path)) == 'checkpoints' else os.path.join(
+      path, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise ValueError(f'No checkpoints directory at {directory}.')
+  return directory
+
+
 def load_arrays(workdir: str, step: Optional[int] = None) -> tuple[dict, int]:
   """Reads a saved train state as nested dicts/lists of numpy arrays (no model needed).
 
@@ -247,11 +256,7 @@ def load_arrays(workdir: str, step: Optional[int] = None) -> tuple[dict, int]:
   Returns:
     ``(tree, step)`` where ``tree`` has ``'params'``, ``'batch_stats'``, ``'opt_state'``, ...
   """
-  directory = workdir if os.path.basename(os.path.normpath(workdir)) == 'checkpoints' else (
-      os.path.join(workdir, 'checkpoints'))
-  if not os.path.isdir(directory):
-    raise ValueError(f'No checkpoints directory at {directory}.')
-  directory = os.path.abspath(directory)  # orbax refuses relative paths
+  directory = os.path.abspath(checkpoints_dir(workdir))  # orbax refuses relative paths
   mgr = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
   try:
     step = mgr.latest_step() if step is None else step

@@ -290,7 +290,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_time = time.time()
   info, method, model, tx, mesh, steps_per_epoch = build(config, mesh)
   if config.get('init_from', ''):
-    _checkpoints_dir(config.init_from)  # a bad path fails now, not after initialisation
+    try:  # a bad path fails now, not after initialisation
+      checkpointing.checkpoints_dir(config.init_from)
+    except ValueError as e:
+      raise ValueError(f'init_from={config.init_from!r}: {e}') from e
   os.makedirs(workdir, exist_ok=True)
   current_config, config_diff = config_changes(config, workdir)
   for key, old, new in config_diff:
@@ -467,19 +470,10 @@ def _wall_time_before(workdir: str, start_step: int) -> float:
   return 0.0
 
 
-def _checkpoints_dir(path: str) -> str:
-  """``<path>/checkpoints`` (or ``path`` itself if it is one); ValueError if it does not exist."""
-  directory = path if os.path.basename(os.path.normpath(path)) == 'checkpoints' else os.path.join(
-      path, 'checkpoints')
-  if not os.path.isdir(directory):
-    raise ValueError(f'init_from={path!r}: no checkpoints directory at {directory}.')
-  return directory
-
-
 def _init_from(path: str, state: TrainState) -> TrainState:
   """Starts from another run's params and BN statistics (not its optimizer or extras)."""
-  directory = _checkpoints_dir(path)
   try:  # numpy arrays: independent of the source run's device count and topology
+    directory = checkpointing.checkpoints_dir(path)
     raw, step = checkpointing.load_arrays(directory)
   except ValueError as e:
     raise ValueError(f'init_from={path!r}: {e}') from e

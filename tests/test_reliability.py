@@ -500,7 +500,7 @@ BAD_INPUTS = [
     ('folder_unreadable_image', 'folder', 'unreadable_image',
      r"unreadable image file '.*train/b/2\.jpg'"),
     ('init_from_missing', 'config', {'init_from': '/nonexistent/run'},
-     r"init_from='/nonexistent/run': no checkpoints directory"),
+     r"init_from='/nonexistent/run': No checkpoints directory at /nonexistent/run/checkpoints"),
     ('resume_other_model', 'workdir', _other_model_checkpoint,
      r'was written by a different model or method: .*params/.* is .* in the checkpoint, .* here'
      r'.*Its config.json differs from this run in: model \(\'resnet8\' -> \'resnet_tiny\'\)'),
