@@ -148,7 +148,9 @@ def write_plots(rows: list[dict], out: str) -> None:
            label=label)
   ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, names, rotation=30, ha='right')
   ax.set_ylabel('top-1 accuracy (%)')
-  ax.legend(fontsize=8)
+  # Above the axes, in one row: inside them it hides the last method's bars.
+  ax.legend(fontsize=8, ncol=len(metrics), loc='lower center', bbox_to_anchor=(0.5, 1.0),
+            frameon=False)
   fig.tight_layout()
   fig.savefig(os.path.join(out, 'accuracy.png'), dpi=120)
   plt.close(fig)
