@@ -290,10 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   start_time = time.time()
   info, method, model, tx, mesh, steps_per_epoch = build(config, mesh)
   if config.get('init_from', ''):
-    try:  # a bad path fails now, not after initialisation
-      checkpointing.checkpoints_dir(config.init_from)
-    except ValueError as e:
-      raise ValueError(f'init_from={config.init_from!r}: {e}') from e
+    _init_from_dir(config.init_from)  # a bad path fails now, not after initialisation
   os.makedirs(workdir, exist_ok=True)
   current_config, config_diff = config_changes(config, workdir)
   for key, old, new in config_diff:
@@ -470,10 +467,18 @@ def _wall_time_before(workdir: str, start_step: int) -> float:
   return 0.0
 
 
+def _init_from_dir(path: str) -> str:
+  """The checkpoints directory of ``init_from=path``; its ValueError names the config key."""
+  try:
+    return checkpointing.checkpoints_dir(path)
+  except ValueError as e:
+    raise ValueError(f'init_from={path!r}: {e}') from e
+
+
 def _init_from(path: str, state: TrainState) -> TrainState:
   """Starts from another run's params and BN statistics (not its optimizer or extras)."""
+  directory = _init_from_dir(path)
   try:  # numpy arrays: independent of the source run's device count and topology
-    directory = checkpointing.checkpoints_dir(path)
     raw, step = checkpointing.load_arrays(directory)
   except ValueError as e:
     raise ValueError(f'init_from={path!r}: {e}') from e
