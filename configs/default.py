@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.max_eval_examples = 0    # 0 = the whole eval split
   c.checkpoint_every_steps = 0  # 0 = every epoch
   c.keep_checkpoints = 3
+  c.max_steps_in_flight = 2  # dispatched but unfinished steps; bounds the lag of a SIGTERM stop
   c.nonfinite = 'stop'       # stop | skip
   c.init_from = ''           # workdir of another run: start from its params and BN statistics
   return c

@@ -7,6 +7,7 @@ replicated parameters are per-device (the ``pmap`` convention) and the explicit 
 one place they are averaged.
 """
 
+import collections
 import functools
 from typing import Any, Callable, Optional
 
@@ -143,6 +144,33 @@ def spmd(fn: Callable, mesh, in_specs, out_specs, *, donate_argnums=(), static_a
 def to_host(tree) -> Any:
   """Fetches (replicated or fully addressable) arrays as numpy."""
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+class StepsInFlight:
+  """Keeps at most ``limit`` dispatched steps unfinished on the device.
+
+  JAX dispatches asynchronously, so without a bound the host loop runs ahead of the device until
+  the next fetch of metrics (up to ``log_every_steps`` steps). A stop request seen at step k's
+  dispatch would then wait for every queued step before its checkpoint is written, which can
+  outlast a preemption notice. Blocking on step ``k - limit``'s output after dispatching step k
+  bounds that lag to ``limit`` steps, while ``limit >= 2`` still lets the host prepare the next
+  batch while the device computes.
+  """
+
+  def __init__(self, limit: int = 2):
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+      raise ValueError(f'max_steps_in_flight={limit!r} is out of range; allowed: an integer >= 1.')
+    self.limit = limit
+    self._outputs = collections.deque()
+
+  def add(self, step_output) -> None:
+    """Records a just-dispatched step's output; waits for the oldest beyond the limit."""
+    self._outputs.append(step_output)
+    while len(self._outputs) > self.limit:
+      jax.block_until_ready(self._outputs.popleft())
+
+  def __len__(self) -> int:
+    return len(self._outputs)
 
 
 pmean = functools.partial(jax.lax.pmean, axis_name=AXIS)

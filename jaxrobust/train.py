@@ -92,6 +92,7 @@ def validate_config(config) -> None:
   _check_number(config, 'max_eval_examples', low=0, integer=True)
   _check_number(config, 'checkpoint_every_steps', low=0, integer=True)
   _check_number(config, 'log_every_steps', low=0, integer=True)
+  _check_number(config, 'max_steps_in_flight', low=1, integer=True)
   _check_number(config, 'keep_checkpoints', low=1, integer=True)
   _check_number(config, 'seed', integer=True)
   boundaries = config.get('lr_boundaries', ()) or ()
@@ -389,6 +390,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 start_step=start_step, source=train_source, data_dir=data_dir,
                                 **proc)
   pending, window_start, window_step = [], time.time(), start_step
+  in_flight = parallel.StepsInFlight(config.get('max_steps_in_flight', 2))
   skipped = 0
   eval_results = {}
   stopped_by = None
@@ -397,6 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     for step in range(start_step, total_steps):
       state, metrics = train_step(state, parallel.shard_batch(next(batches), mesh))
       pending.append((step, metrics))
+      in_flight.add(metrics['finite'])  # bounds how far a stop request lags the device
       done = step + 1
       for hook in hooks:
         if done % hook.every_steps == 0:

@@ -180,6 +180,76 @@ def test_preemption_handler_second_signal_aborts_and_handlers_are_restored():
   assert signal.getsignal(signal.SIGINT) is before
 
 
+class _FakeStepOutput:
+  """Stands in for a step's output; records when the bound waits for it."""
+
+  def __init__(self, step, waited):
+    self.step, self._waited = step, waited
+
+  def block_until_ready(self):
+    self._waited.append(self.step)
+    return self
+
+
+@pytest.mark.parametrize('limit', [1, 2, 3])
+def test_steps_in_flight_waits_for_the_step_limit_back(limit):
+  waited, in_flight = [], parallel.StepsInFlight(limit)
+  for step in range(6):
+    in_flight.add(_FakeStepOutput(step, waited))
+    assert waited == list(range(step + 1 - limit)), 'after step k, steps <= k - limit finished'
+    assert len(in_flight) == min(step + 1, limit)
+
+
+def test_steps_in_flight_leaves_older_arrays_finished():
+  step = jax.jit(lambda x: (x @ x) / x.shape[0], donate_argnums=0)
+  x, outputs, in_flight = jnp.ones((512, 512)) / 512, [], parallel.StepsInFlight(limit=2)
+  for _ in range(6):
+    x = step(x)
+    outputs.append(x.sum())
+    in_flight.add(outputs[-1])
+    assert all(out.is_ready() for out in outputs[:-2])
+  for bad in (0, -1, 1.5, True):
+    with pytest.raises(ValueError, match=rf'max_steps_in_flight={bad!r} is out of range.*>= 1'):
+      parallel.StepsInFlight(limit=bad)
+
+
+def test_a_stop_request_finds_at_most_max_steps_in_flight_unfinished(tmp_path, monkeypatch):
+  """The loop bounds its run-ahead: whenever it checks for a stop, at most
+  ``max_steps_in_flight`` dispatched steps are unfinished, so a stop's checkpoint is written
+  after that many steps, not after a whole logging interval of queued ones. (Without the bound
+  this fails whenever dispatch gets ahead, which is timing-dependent; the fake-output test
+  above pins the rule down exactly.)"""
+  outputs, unfinished = [], []
+  make_step = train.make_train_step
+
+  def recording_make_step(*args):
+    step = make_step(*args)
+
+    def recorded(state, batch):
+      state, metrics = step(state, batch)
+      outputs.append(metrics['finite'])  # the output the loop's bound waits for
+      return state, metrics
+    return recorded
+
+  should_stop = checkpointing.PreemptionHandler.should_stop
+
+  def checking_should_stop(handler):
+    unfinished.append(sum(not out.is_ready() for out in outputs))
+    if len(unfinished) == 6:
+      handler.request_stop()
+    return should_stop(handler)
+
+  monkeypatch.setattr(train, 'make_train_step', recording_make_step)
+  monkeypatch.setattr(checkpointing.PreemptionHandler, 'should_stop', checking_should_stop)
+  config = tiny_config(max_steps_in_flight=1, log_every_steps=100, checkpoint_every_steps=100)
+  _, results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['stopped_by'] == 'stop request' and results['step'] == 6
+  assert len(unfinished) == 6 and max(unfinished) <= 1, unfinished
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['6']
+  with pytest.raises(ValueError, match=r'max_steps_in_flight=0 is out of range'):
+    train.validate_config(tiny_config(max_steps_in_flight=0))
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
