@@ -23,6 +23,7 @@ flags.DEFINE_string('dataset', None, 'Override the dataset of the run (e.g. fold
 flags.DEFINE_integer('max_examples', 0, 'Eval examples for clean/corruptions (0 = all).')
 flags.DEFINE_integer('attack_examples', 500, 'Examples for attacks, eps* and frequency.')
 flags.DEFINE_list('corruptions', None, 'Corruptions to evaluate (default: all 19).')
+flags.DEFINE_list('severities', ['1', '2', '3', '4', '5'], 'Corruption severities to evaluate.')
 flags.DEFINE_string('baseline_errors', None, 'JSON of a baseline run\'s corruption errors (mCE).')
 flags.DEFINE_integer('apgd_steps', 100, 'APGD iterations.')
 flags.DEFINE_integer('apgd_targets', 3, 'APGD-T target classes (AutoAttack uses 9).')
@@ -40,11 +41,13 @@ def main(argv):
     names = FLAGS.corruptions or list(corruptions.ALL)
     for name in names:
       corruptions.get(name)
+    severities = runner.check_severities(FLAGS.severities)
     run = runner.load_run(FLAGS.workdir, domain=FLAGS.domain,
                           overrides={'dataset': FLAGS.dataset} if FLAGS.dataset else None)
     report = runner.run_suites(run, FLAGS.suite, out_dir=FLAGS.out_dir,
                                max_examples=FLAGS.max_examples or None,
                                attack_examples=FLAGS.attack_examples, corruption_names=names,
+                               corruption_severities=severities,
                                baseline_errors=FLAGS.baseline_errors, apgd_steps=FLAGS.apgd_steps,
                                apgd_targets=FLAGS.apgd_targets)
   except ValueError as e:

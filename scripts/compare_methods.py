@@ -5,8 +5,9 @@ script resumes where it stopped (a preempted training run resumes from its check
 
 1. train ``<runs>/<method>`` with the method's config plus the shared budget flags
    (``python -m jaxrobust.main``);
-2. evaluate it (``python -m jaxrobust.evaluate``: clean, corruptions, PGD/FGSM, APGD, eps*), and
-   with the auxiliary BatchNorm too for AdvProp and MixProp;
+2. evaluate it (``python -m jaxrobust.evaluate``: clean, corruptions, PGD/FGSM, APGD, eps* on a
+   test subset; every corruption at severity 3 on the whole test set), and with the auxiliary
+   BatchNorm too for AdvProp and MixProp;
 3. optionally: eps* against a freshly trained adversarial noise generator
    (``--adversarial_noise``) and the EWS subnet-confidence box plot (``--subnets``);
 4. write ``<out>/table.md``, ``<out>/table.csv``, ``<out>/results.json`` and PNG plots.
@@ -72,6 +73,7 @@ flags.DEFINE_list('config_overrides', [], 'Extra key=value config overrides for 
 flags.DEFINE_integer('max_examples', 1000, 'Test images for clean and corruption accuracy.')
 flags.DEFINE_integer('attack_examples', 200, 'Test images for attacks and eps*.')
 flags.DEFINE_integer('apgd_steps', 25, 'APGD iterations.')
+flags.DEFINE_bool('full_s3', True, 'Also every corruption at severity 3 on the whole test set.')
 flags.DEFINE_bool('adversarial_noise', False, 'Also eps* against a trained noise generator.')
 flags.DEFINE_float('adversarial_noise_eps', 9.2, 'L2 radius of that generator (one for all).')
 flags.DEFINE_integer('adversarial_noise_steps', 150, 'Generator training steps.')
@@ -132,6 +134,14 @@ def auxtrain_corruptions_command(workdir: str, domain: str, out_dir: str) -> lis
           f'--max_examples={FLAGS.max_examples}', f'--out_dir={out_dir}']
 
 
+def full_s3_command(workdir: str, domain: str, out_dir: str) -> list[str]:
+  # Severity 3 on the whole test split: the corruption means the acceptance comparisons read,
+  # with ten times the images of the subset (1,000 images leave about 1 point of noise).
+  return [sys.executable, '-m', 'jaxrobust.evaluate', f'--workdir={workdir}', f'--domain={domain}',
+          '--suite=corruptions', f'--corruptions={",".join(comparison.FULL_S3_CORRUPTIONS)}',
+          '--severities=3', '--max_examples=0', f'--out_dir={out_dir}']
+
+
 def adversarial_noise_command(workdir: str) -> list[str]:
   return [sys.executable, '-m', 'jaxrobust.evaluation.adversarial_noise', f'--workdir={workdir}',
           f'--eps={FLAGS.adversarial_noise_eps}', f'--steps={FLAGS.adversarial_noise_steps}',
@@ -171,6 +181,10 @@ def main(argv):
       if not os.path.exists(os.path.join(auxtrain_dir, 'report.json')):
         commands.append(auxtrain_corruptions_command(workdir, domain, auxtrain_dir))
         _run(commands[-1], log)
+      full_dir = os.path.join(workdir, comparison.FULL_S3_EVAL_DIR.format(domain=domain))
+      if FLAGS.full_s3 and not os.path.exists(os.path.join(full_dir, 'report.json')):
+        commands.append(full_s3_command(workdir, domain, full_dir))
+        _run(commands[-1], log)
     if FLAGS.adversarial_noise and not os.path.exists(
         os.path.join(workdir, 'adversarial_noise.json')):
       commands.append(adversarial_noise_command(workdir))
@@ -198,7 +212,8 @@ def main(argv):
   header = (f'# Method comparison ({datetime.date.today().isoformat()})\n\n'
             f'Dataset `{FLAGS.dataset}`; {budget}. Clean / corruption accuracy on '
             f'{FLAGS.max_examples} test images, attacks and eps* on {FLAGS.attack_examples} '
-            f'(clean (10k): the whole test set at the end of training). '
+            f'(clean (10k): the whole test set at the end of training; "(10k)" corruption columns: '
+            f'severity 3 on the whole test set). '
             f'Host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.\n\n'
             f'    python scripts/compare_methods.py {" ".join(sys.argv[1:])}')
   table = comparison.write_table(rows, out, header)

@@ -66,6 +66,32 @@ def test_all_suites_write_a_report(trained, tmp_path):
   assert os.path.getsize(tmp_path / 'corruptions_s3.png') > 0
 
 
+def test_one_severity_on_the_whole_split_is_what_the_comparison_reads(trained, tmp_path):
+  run = runner.load_run(trained)
+  names = list(comparison.FULL_S3_CORRUPTIONS)
+  report = runner.run_suites(run, ['corruptions'], out_dir=str(tmp_path / 'eval_main_s3_full'),
+                             max_examples=32, corruption_names=names, corruption_severities=[3])
+  errors = report['corruptions']['errors']
+  assert set(errors) == set(names) and all(set(e) == {3} for e in errors.values())
+  acc = report['corruptions']['summary']['mean_accuracy_severity3']
+  assert acc == pytest.approx(np.mean([1 - errors[c][3] for c in runner.corruptions.STANDARD]))
+  (tmp_path / 'eval_main').mkdir()
+  with open(tmp_path / 'eval_main' / 'report.json', 'w') as f:
+    json.dump({'clean': {'top1': 0.5}}, f)
+  shutil.copy(os.path.join(trained, 'results.json'), tmp_path / 'results.json')
+  row = comparison.row(str(tmp_path), 'vanilla')
+  assert row['corruptions_s3_full'] == pytest.approx(acc)
+  assert row['auxtrain_corruptions_s3_full'] == pytest.approx(np.mean(
+      [1 - errors[c][3] for c in comparison.AUXTRAIN_CORRUPTIONS]))
+
+
+@pytest.mark.parametrize('severities', [[], [0], [3, 6], ['x']])
+def test_bad_severities_name_the_allowed_ones(trained, tmp_path, severities):
+  with pytest.raises(ValueError, match=r'non-empty subset of \[1, 2, 3, 4, 5\]'):
+    runner.run_suites(runner.load_run(trained), ['corruptions'], out_dir=str(tmp_path),
+                      corruption_severities=severities)
+
+
 def test_official_corruption_sets_through_the_same_path(trained, tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   run = runner.load_run(trained)

@@ -14,11 +14,17 @@ import csv
 import json
 import os
 
+from jaxrobust import corruptions
 from jaxrobust.methods.auxtrain import DEFAULT_CORRUPTIONS as AUXTRAIN_CORRUPTIONS
 
 # Auxiliary Training's four training corruptions, evaluated apart (``rotation`` and
 # ``contrast_brightness`` are not CIFAR-10-C corruptions) into this folder of a run.
 AUXTRAIN_EVAL_DIR = 'eval_{domain}_auxtrain_corruptions'
+# The 15 standard corruptions and those four at severity 3 only, on the whole test split: the
+# columns the acceptance comparisons read, measured with ten times the images of the subset.
+FULL_S3_EVAL_DIR = 'eval_{domain}_s3_full'
+FULL_S3_CORRUPTIONS = tuple(corruptions.STANDARD) + tuple(
+    c for c in AUXTRAIN_CORRUPTIONS if c not in corruptions.STANDARD)
 
 
 def _load(path: str):
@@ -31,7 +37,9 @@ def row(workdir: str, method: str, domain: str = 'main') -> dict:
 
   Missing suites leave their columns empty (None); missing report or results files raise.
   ``auxtrain_corruptions_s3`` (Auxiliary Training's four training corruptions at severity 3) comes
-  from ``eval_<domain>_auxtrain_corruptions/report.json`` when that evaluation was run.
+  from ``eval_<domain>_auxtrain_corruptions/report.json`` when that evaluation was run;
+  ``corruptions_s3_full`` and ``auxtrain_corruptions_s3_full`` (the same means on the whole test
+  split) from ``eval_<domain>_s3_full/report.json``.
   Accuracies are fractions; ``per_corruption_s3`` maps each evaluated corruption to its
   accuracy at severity 3 (for the heat map).
   """
@@ -63,13 +71,21 @@ def row(workdir: str, method: str, domain: str = 'main') -> dict:
   }
   auxtrain_path = os.path.join(workdir, AUXTRAIN_EVAL_DIR.format(domain=domain), 'report.json')
   if os.path.exists(auxtrain_path):
-    aux_errors = _load(auxtrain_path)['corruptions']['errors']
-    r['auxtrain_corruptions_s3'] = sum(
-        1.0 - aux_errors[name]['3'] for name in AUXTRAIN_CORRUPTIONS) / len(AUXTRAIN_CORRUPTIONS)
+    r['auxtrain_corruptions_s3'] = _auxtrain_mean_s3(_load(auxtrain_path)['corruptions']['errors'])
+  full_path = os.path.join(workdir, FULL_S3_EVAL_DIR.format(domain=domain), 'report.json')
+  if os.path.exists(full_path):
+    full = _load(full_path)
+    r['corruptions_s3_full'] = full['corruptions']['summary'].get('mean_accuracy_severity3')
+    r['auxtrain_corruptions_s3_full'] = _auxtrain_mean_s3(full['corruptions']['errors'])
   noise_path = os.path.join(workdir, 'adversarial_noise.json')
   if domain == 'main' and os.path.exists(noise_path):
     r['eps_star_adversarial_noise'] = _load(noise_path)['eps_star']
   return r
+
+
+def _auxtrain_mean_s3(errors: dict) -> float:
+  """Mean accuracy over Auxiliary Training's four training corruptions at severity 3."""
+  return sum(1.0 - errors[name]['3'] for name in AUXTRAIN_CORRUPTIONS) / len(AUXTRAIN_CORRUPTIONS)
 
 
 COLUMNS = [  # (key, header, format)
@@ -80,6 +96,8 @@ COLUMNS = [  # (key, header, format)
     ('corruptions_all', '15 corruptions s1-5', '{:.1%}'),
     ('gaussian_noise_s3', 'gaussian_noise s3', '{:.1%}'),
     ('auxtrain_corruptions_s3', '4 Aux-Training corruptions s3', '{:.1%}'),
+    ('corruptions_s3_full', '15 corruptions s3 (10k)', '{:.2%}'),
+    ('auxtrain_corruptions_s3_full', '4 Aux-Training corruptions s3 (10k)', '{:.2%}'),
     ('pgd1_eps1', 'PGD-1 1/255', '{:.1%}'),
     ('pgd10_eps1', 'PGD-10 1/255', '{:.1%}'),
     ('fgsm_eps8', 'FGSM 8/255', '{:.1%}'),

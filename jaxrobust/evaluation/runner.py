@@ -275,9 +275,22 @@ def frequency_suite(run: Run, max_examples: int = 200, stride: int = 1, seed: in
 # ----------------------------------------------------------------------------- reports
 
 
+def check_severities(severities: Sequence[int]) -> tuple[int, ...]:
+  """The severities as a sorted tuple of ints; ValueError naming the allowed ones otherwise."""
+  try:
+    out = tuple(sorted({int(s) for s in severities}))
+  except (TypeError, ValueError):
+    out = ()
+  if not out or any(s not in corruptions.SEVERITIES for s in out):
+    raise ValueError(f'severities must be a non-empty subset of {list(corruptions.SEVERITIES)}, '
+                     f'got {list(severities)!r}.')
+  return out
+
+
 def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None,
                max_examples: Optional[int] = None, attack_examples: int = 500,
                corruption_names: Sequence[str] = corruptions.ALL,
+               corruption_severities: Sequence[int] = corruptions.SEVERITIES,
                baseline_errors: Optional[str] = None, apgd_steps: int = 100,
                apgd_targets: int = 3) -> dict:
   """Runs the named suites and writes report.json, CSVs, summary.md and plots to ``out_dir``.
@@ -289,6 +302,8 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
     max_examples: eval examples for clean/corruption suites (None = the whole split).
     attack_examples: examples for attacks, epsilon* and (at most 200) the frequency map.
     corruption_names: corruptions of the corruption suite.
+    corruption_severities: their severities (e.g. ``(3,)`` for the whole test set at a
+      tenth of the cost of all five).
     baseline_errors: JSON of a baseline run's corruption errors for normalised CE/mCE (CIFAR,
       as in the Auxiliary Training paper's Eq. 8); default AlexNet's ImageNet-C errors, which
       are only meaningful for ImageNet.
@@ -298,6 +313,7 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
   unknown = [s for s in suites if s not in SUITES]
   if unknown:
     raise ValueError(f'Unknown suite(s) {unknown}; valid: {", ".join(SUITES)}.')
+  severities = check_severities(corruption_severities)
   out_dir = out_dir or os.path.join(run.workdir, f'eval_{run.domain}')
   os.makedirs(out_dir, exist_ok=True)
   report = {'workdir': run.workdir, 'step': run.step, 'domain': run.domain,
@@ -310,7 +326,8 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
     elif suite in ('corruptions', 'tfds_corruptions'):
       fn = corruption_suite if suite == 'corruptions' else tfds_corruption_suite
       res = fn(run, names=corruption_names if suite == 'corruptions' else
-               [n for n in corruption_names if n in corruptions.ALL], max_examples=max_examples)
+               [n for n in corruption_names if n in corruptions.ALL], severities=severities,
+               max_examples=max_examples)
       clean_err = 1.0 - report['clean']['top1'] if 'clean' in report else None
       baseline = baseline_errors if baseline_errors else (
           'alexnet' if run.info.image_shape[0] > 64 else None)
