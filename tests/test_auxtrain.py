@@ -10,7 +10,8 @@ import optax
 import pytest
 
 from jaxrobust import methods, models, parallel, train
-from jaxrobust.methods import common
+from jaxrobust.evaluation import auxtrain_heads, runner
+from jaxrobust.methods import auxtrain, common
 from jaxrobust.models import MAIN, apply_model, aux_heads
 from tests.conftest import method_with_train_state, tiny_config
 
@@ -340,3 +341,15 @@ def test_digits_end_to_end(tmp_path):
   assert 0.0 <= results['eval_top1'] <= 1.0 and np.isfinite(results['eval_loss'])
   assert state.extras['heads']['fc']['kernel'].shape[0] == 4
   assert (tmp_path / 'metrics.jsonl').exists()
+  # The heads-vs-primary analysis reads the saved heads; its primary path under running
+  # statistics is exactly the evaluation runner's corruption accuracy (same images and noise).
+  run = runner.load_run(str(tmp_path), with_method=True)
+  res = auxtrain_heads.primary_and_head_accuracy(run, severities=(3,), max_examples=64)
+  assert set(res) == set(auxtrain.DEFAULT_CORRUPTIONS) and all(set(r) == {3} for r in res.values())
+  errors = runner.corruption_suite(run, names=['gaussian_noise', 'rotation'], severities=(3,),
+                                   max_examples=64)['errors']
+  for name in ('gaussian_noise', 'rotation'):
+    assert res[name][3]['primary_running'] == pytest.approx(1.0 - errors[name][3])
+  assert all(0.0 <= v <= 1.0 for r in res.values() for v in r[3].values())
+  with pytest.raises(ValueError, match='with_method=True'):
+    auxtrain_heads.primary_and_head_accuracy(runner.load_run(str(tmp_path)))

@@ -1,0 +1,120 @@
+r"""Where a trained Auxiliary Training run is robust: its primary path or its auxiliary heads.
+
+Auxiliary Training (``jaxrobust.methods.auxtrain``) trains one auxiliary classifier per training
+corruption on the shared backbone and keeps only the primary classifier for inference, so any
+robustness it gains must reach the backbone and the primary FC. This analysis scores, on the
+same corrupted test images, the primary classifier and the auxiliary head of that corruption
+(head j reads the backbone's last feature map, as in training), each with the backbone
+normalising by
+
+* its clean running statistics (what inference uses), and
+* the corrupted test batch's own statistics (what every group sees in training under selective
+  BatchNorm).
+
+The heads always normalise with their batch's statistics (they keep no running averages). A head
+far more accurate than the primary path means the corruption-specific knowledge stayed in the
+head; a primary path that gains only under batch statistics means the backbone's features are
+robust but its clean running statistics do not fit the corrupted images.
+
+    python -m jaxrobust.evaluation.auxtrain_heads --workdir=results/cpu_budget/runs/auxtrain \
+        --severities=3 --max_examples=1000
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from jaxrobust import corruptions
+from jaxrobust.evaluation import runner
+from jaxrobust.models import apply_model
+
+
+def primary_and_head_accuracy(run: runner.Run, severities: Optional[Sequence[int]] = None,
+                              max_examples: Optional[int] = 1000, seed: int = 0) -> dict:
+  """Accuracy of the primary classifier and of each auxiliary head on its own corruption.
+
+  Args:
+    run: an Auxiliary Training run from ``runner.load_run(workdir, with_method=True)``.
+    severities: severities to score (default: each head's training severity).
+    max_examples: test images (None = the whole split); every corruption sees the same ones.
+    seed: corruption noise seed (``fold_in`` with the batch index).
+
+  Returns:
+    ``{corruption: {severity: {'primary_running', 'head_running', 'primary_batch',
+    'head_batch'}}}``: top-1 accuracies (fractions); ``running``/``batch`` say which statistics
+    the backbone normalised with.
+  """
+  if run.config.method != 'auxtrain':
+    raise ValueError(f'{run.workdir!r} is a {run.config.method!r} run; this analysis needs an '
+                     "'auxtrain' run (its auxiliary heads).")
+  if getattr(run, 'method', None) is None or 'heads' not in (run.extras or {}):
+    raise ValueError('Load the run with runner.load_run(workdir, with_method=True): the heads '
+                     'live in the checkpoint\'s extras.')
+  method = run.method
+  heads = jax.tree.map(jnp.asarray, run.extras['heads'])
+  # Plain jit over global arrays (no shard_map): batch statistics are over the whole batch,
+  # so no BatchNorm may name a mapped axis.
+  model = run.model.clone(bn_axis_name=None)
+  head = method.head(run.params['classifier']['kernel'].shape[1]).clone(axis_name=None)
+
+  def counts(x, y, mask, j, batch_stats_mode):
+    out, _ = apply_model(model, run.params, run.batch_stats, x, train=batch_stats_mode,
+                         update_stats=False, return_features=True)
+    aux = head.apply({'params': jax.tree.map(lambda p: p[j], heads)}, out['features'])
+    hit = lambda logits: jnp.sum((jnp.argmax(logits, -1) == y) * mask)
+    return hit(out['logits']), hit(aux), jnp.sum(mask)
+
+  counts = jax.jit(counts, static_argnums=(3, 4))
+  batches = list(run.batches(max_examples))
+  out = {}
+  for j, name in enumerate(method.corruption_names):
+    out[name] = {}
+    for sev in severities or (method.severities[j],):
+      corrupt = jax.jit(lambda x, r, n=name, s=sev: corruptions.corrupt(x, n, s, r))
+      res = {}
+      for mode, tag in ((False, 'running'), (True, 'batch')):
+        c = np.zeros(3)
+        for i, b in enumerate(batches):
+          x = corrupt(b['image'], jax.random.fold_in(jax.random.PRNGKey(seed), i))
+          c += np.asarray([float(v) for v in counts(x, b['label'], b['mask'], j, mode)])
+        res[f'primary_{tag}'], res[f'head_{tag}'] = c[0] / c[2], c[1] / c[2]
+      out[name][int(sev)] = res
+      logging.info('%s s%d: %s', name, sev, ' '.join(f'{k} {100 * v:.1f}' for k, v in res.items()))
+  return out
+
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'An Auxiliary Training run.')
+flags.DEFINE_list('severities', None, 'Severities (default: each head\'s training severity).')
+flags.DEFINE_integer('max_examples', 1000, 'Test images (0 = all).')
+flags.DEFINE_string('out', None, 'JSON to write (default <workdir>/auxtrain_heads.json).')
+
+
+def main(argv):
+  del argv
+  sevs = runner.check_severities(FLAGS.severities) if FLAGS.severities else None
+  run = runner.load_run(FLAGS.workdir, with_method=True)
+  res = primary_and_head_accuracy(run, sevs, FLAGS.max_examples or None)
+  path = FLAGS.out or os.path.join(FLAGS.workdir, 'auxtrain_heads.json')
+  with open(path, 'w') as f:
+    json.dump({'step': run.step, 'max_examples': FLAGS.max_examples, 'accuracy': res}, f,
+              indent=1)
+  print('| corruption | severity | primary (running stats) | head (running stats) | '
+        'primary (batch stats) | head (batch stats) |\n|---|---|---|---|---|---|')
+  for name, per in res.items():
+    for sev, r in per.items():
+      print(f'| {name} | {sev} | {100 * r["primary_running"]:.1f} | '
+            f'{100 * r["head_running"]:.1f} | {100 * r["primary_batch"]:.1f} | '
+            f'{100 * r["head_batch"]:.1f} |')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main)
