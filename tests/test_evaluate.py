@@ -85,7 +85,7 @@ def test_one_severity_on_the_whole_split_is_what_the_comparison_reads(trained, t
       [1 - errors[c][3] for c in comparison.AUXTRAIN_CORRUPTIONS]))
 
 
-@pytest.mark.parametrize('severities', [[], [0], [3, 6], ['x']])
+@pytest.mark.parametrize('severities', [[], [0], [3, 6], ['x'], [2.5]])
 def test_bad_severities_name_the_allowed_ones(trained, tmp_path, severities):
   with pytest.raises(ValueError, match=r'non-empty subset of \[1, 2, 3, 4, 5\]'):
     runner.run_suites(runner.load_run(trained), ['corruptions'], out_dir=str(tmp_path),

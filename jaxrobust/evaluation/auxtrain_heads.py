@@ -44,6 +44,8 @@ def primary_and_head_accuracy(run: runner.Run, severities: Optional[Sequence[int
     run: an Auxiliary Training run from ``runner.load_run(workdir, with_method=True)``.
     severities: severities to score (default: each head's training severity).
     max_examples: test images (None = the whole split); every corruption sees the same ones.
+      Batch statistics are those of each eval batch, padding included: pick a multiple of the
+      eval batch size (the 10,000 CIFAR-10 test images are 20 batches of 500).
     seed: corruption noise seed (``fold_in`` with the batch index).
 
   Returns:

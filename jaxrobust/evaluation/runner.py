@@ -278,7 +278,8 @@ def frequency_suite(run: Run, max_examples: int = 200, stride: int = 1, seed: in
 def check_severities(severities: Sequence[int]) -> tuple[int, ...]:
   """The severities as a sorted tuple of ints; ValueError naming the allowed ones otherwise."""
   try:
-    out = tuple(sorted({int(s) for s in severities}))
+    out = tuple(sorted({int(s) for s in severities if float(s) == int(s)}))
+    out = out if len(out) == len(set(map(float, severities))) else ()
   except (TypeError, ValueError):
     out = ()
   if not out or any(s not in corruptions.SEVERITIES for s in out):
