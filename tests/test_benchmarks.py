@@ -51,8 +51,13 @@ def test_compare_methods_script_plans_every_step(tmp_path):
   assert len(train) == 2 and all('--config.model=resnet8_wide' in l for l in train)
   assert 'runs/vanilla' in train[0] and '--config.ews_search_every_epochs=1.0' in train[1]
   evals = [l for l in lines if 'jaxrobust.evaluate' in l]
-  suites = [l for l in evals if 'auxtrain_corruptions' not in l]
+  suites = [l for l in evals if 'auxtrain_corruptions' not in l and 's3_full' not in l]
   assert sum('--domain=aux' in l for l in suites) == 1 and len(suites) == 4
+  # every run and domain at severity 3 on the whole test set: 15 + Auxiliary Training's 3 extra
+  full = [l for l in evals if 's3_full' in l]
+  assert len(full) == 4 and sum('--domain=aux' in l for l in full) == 1
+  assert all('--severities=3' in l and '--max_examples=0' in l and
+             ',jpeg_compression,gaussian_blur,rotation,contrast_brightness ' in l for l in full)
   # every run and domain also on Auxiliary Training's four training corruptions
   auxtrain = [l for l in evals if 'auxtrain_corruptions' in l]
   assert len(auxtrain) == 4 and all(
