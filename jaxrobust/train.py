@@ -264,6 +264,11 @@ def _write_config(current: dict, workdir: str) -> None:
       json.dump(current, f, indent=2, sort_keys=True)
 
 
+def _warn_config_changes(changes: list) -> None:
+  for key, old, new in changes:
+    logging.warning('Resuming with a changed config: %s was %r, now %r.', key, old, new)
+
+
 def _config_dump(config, workdir) -> list:
   """Writes config.json; if one exists, warns about every key whose value changed.
 
@@ -271,8 +276,7 @@ def _config_dump(config, workdir) -> list:
     The changes, as :func:`config_changes` returns them.
   """
   current, changes = config_changes(config, workdir)
-  for key, old, new in changes:
-    logging.warning('Resuming with a changed config: %s was %r, now %r.', key, old, new)
+  _warn_config_changes(changes)
   _write_config(current, workdir)
   return changes
 
@@ -294,8 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _init_from_dir(config.init_from)  # a bad path fails now, not after initialisation
   os.makedirs(workdir, exist_ok=True)
   current_config, config_diff = config_changes(config, workdir)
-  for key, old, new in config_diff:
-    logging.warning('Resuming with a changed config: %s was %r, now %r.', key, old, new)
+  _warn_config_changes(config_diff)  # config.json is rewritten once the checkpoint matches
   total_steps = int(config.num_epochs * steps_per_epoch)
   logging.info('%s on %s: %s, %d devices (%d processes), %d steps of %d images.',
                config.method, info.name, config.model, mesh.devices.size, jax.process_count(),
