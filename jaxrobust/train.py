@@ -269,18 +269,6 @@ def _warn_config_changes(changes: list) -> None:
     logging.warning('Resuming with a changed config: %s was %r, now %r.', key, old, new)
 
 
-def _config_dump(config, workdir) -> list:
-  """Writes config.json; if one exists, warns about every key whose value changed.
-
-  Returns:
-    The changes, as :func:`config_changes` returns them.
-  """
-  current, changes = config_changes(config, workdir)
-  _warn_config_changes(changes)
-  _write_config(current, workdir)
-  return changes
-
-
 # ----------------------------------------------------------------------------- the loop
 
 

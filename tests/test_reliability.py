@@ -398,15 +398,23 @@ def test_run_resumes_from_the_previous_checkpoint_when_the_newest_is_truncated(t
   assert json.loads((tmp_path / 'run' / 'config.json').read_text())['log_every_steps'] == 7
 
 
-def test_config_dump_warns_about_every_changed_key(tmp_path, caplog):
+def _dump_config(config, workdir: str) -> list:
+  """What the loop does with a config: warn about every changed key, write config.json."""
+  current, changes = train.config_changes(config, workdir)
+  train._warn_config_changes(changes)
+  train._write_config(current, workdir)
+  return changes
+
+
+def test_config_changes_warns_about_every_changed_key(tmp_path, caplog):
   first = tiny_config()
   first.ews = {'rho': 0.5, 'search': 'controller'}
-  assert train._config_dump(first, str(tmp_path)) == []
+  assert _dump_config(first, str(tmp_path)) == []
   second = tiny_config(learning_rate=0.3, model='resnet8')
   second.ews = {'rho': 0.25, 'search': 'controller'}
   second.new_key = 1
   with caplog.at_level('WARNING'):
-    changes = train._config_dump(second, str(tmp_path))
+    changes = _dump_config(second, str(tmp_path))
   assert [k for k, _, _ in changes] == ['ews.rho', 'learning_rate', 'model', 'new_key']
   for key, old, new in [('ews.rho', 0.5, 0.25), ('learning_rate', 0.05, 0.3),
                         ('model', 'resnet_tiny', 'resnet8'), ('new_key', '<unset>', 1)]:
@@ -508,7 +516,7 @@ def _other_model_checkpoint(root: pathlib.Path) -> None:
   """A workdir holding a checkpoint (and config.json) written by resnet8, not resnet_tiny."""
   config = tiny_config(model='resnet8')
   os.makedirs(root)
-  train._config_dump(config, str(root))
+  _dump_config(config, str(root))
   info, method, model, tx, _, _ = train.build(config, parallel.make_mesh(jax.devices()[:1]))
   shapes = jax.eval_shape(lambda: train.create_train_state(config, method, model, tx, info,
                                                            jax.random.PRNGKey(0)))
