@@ -42,8 +42,8 @@ from jaxrobust import methods, models, optim, parallel, train  # noqa: E402
 from jaxrobust.methods.base import Context  # noqa: E402
 
 CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
-DEFAULT_METHODS = ('advprop:advprop_attack=advprop_pgd1,mixprop,mixup,pgd_at,trades,gnt,ant,'
-                   'auxtrain,ews')
+DEFAULT_METHODS = ('advprop:advprop_attack=advprop_pgd1,mixprop,mixup,vanilla:augmix=True,'
+                   'pgd_at,trades,gnt,ant,auxtrain,ews,ews:augmix=True')
 
 
 @dataclasses.dataclass(frozen=True)

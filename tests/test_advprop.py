@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxrobust import methods, models, parallel, train
+from jaxrobust import augmentations, methods, models, parallel, train
 from jaxrobust.methods import adversarial_training as at
 from jaxrobust.methods import advprop as advprop_lib
 from tests.conftest import method_on_tiny_model, random_batch, tiny_config
@@ -160,7 +160,7 @@ def test_fine_grained_domains_and_statistics():
   # Reproduce the step's augmentation: rng -> (crafting key, dropout key) -> (aug, attack, drop).
   rng = jax.random.fold_in(jax.random.fold_in(host.rng, 0), 0)
   k_aug = jax.random.split(m.split_rng(rng)[0], 3)[0]
-  x_aug = jax.jit(advprop_lib.rand_augment, static_argnums=(2, 3))(
+  x_aug = jax.jit(augmentations.rand_augment, static_argnums=(2, 3))(
       jnp.asarray(batch['image']), k_aug, 2, 9.0)
   assert not np.allclose(x_aug, batch['image'])
   logits = {}
@@ -169,27 +169,6 @@ def test_fine_grained_domains_and_statistics():
     chex.assert_trees_all_close(after[domain], parallel.to_host(expected), rtol=1e-4, atol=1e-5)
   expected_loss = sum(_ce(v, batch['label']) for v in logits.values())
   np.testing.assert_allclose(float(metrics['loss']), expected_loss, rtol=1e-4)
-
-
-def test_rand_augment_ops():
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(np.round(rng.uniform(size=(16, 8, 8, 3)) * 255) / 255, jnp.float32)
-  out = jax.jit(advprop_lib.rand_augment, static_argnums=(2, 3))(x, jax.random.key(0), 2, 9.0)
-  assert out.shape == x.shape and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-  changed = np.abs(np.asarray(out) - np.asarray(x)).reshape(16, -1).max(-1) > 1e-6
-  assert changed.sum() >= 12  # identity is 1 of 14 ops per layer
-  # At magnitude 0 every op but auto-contrast and equalize is the identity (on 8-bit images).
-  once = jax.jit(advprop_lib._augment_once, static_argnums=2)
-  for seed in range(3):
-    out0 = once(x, jax.random.key(seed), 0.0)
-    op = jax.random.randint(jax.random.split(jax.random.key(seed))[0], (16,), 0,
-                            len(advprop_lib.AUGMENT_OPS))
-    keep = ~np.isin(np.asarray(op), [advprop_lib.AUGMENT_OPS.index('auto_contrast'),
-                                     advprop_lib.AUGMENT_OPS.index('equalize')])
-    np.testing.assert_allclose(np.asarray(out0)[keep], np.asarray(x)[keep], atol=1e-5)
-  # Equalize spreads the values: the empirical CDF of the output is close to uniform.
-  eq = np.asarray(jax.jit(advprop_lib._equalize)(x * 0.2))
-  assert eq.max() == pytest.approx(1.0) and abs(eq.mean() - 0.5) < 0.1
 
 
 def test_random_targets_differ_from_labels():

@@ -53,9 +53,10 @@ standard augmentation (random crop + flip, the paper's non-AutoAugment pre-proce
 
 * ``'main'`` gets the batch as the pipeline delivers it (standard augmentation only);
 * ``'aux_augment'`` gets the same batch after an on-device RandAugment
-  (:func:`rand_augment`; Cubuk et al. 2019: the AutoAugment operations sampled uniformly, N ops at
-  magnitude M, ``advprop_augment_ops=2``, ``advprop_augment_magnitude=9``) standing in for the
-  fixed AutoAugment policy, which is not available as a jittable transform;
+  (:func:`jaxrobust.augmentations.rand_augment`; Cubuk et al. 2019: the AutoAugment operations
+  sampled uniformly, N ops at magnitude M, ``advprop_augment_ops=2``,
+  ``advprop_augment_magnitude=9``) standing in for the fixed AutoAugment policy, which is not
+  available as a jittable transform;
 * ``'aux_adv'`` gets adversarial examples crafted through ``'aux_adv'`` from the
   RandAugment-ed images (``advprop_adv_source='augmented'``: in standard AdvProp-with-AutoAugment
   the adversarial examples are made from the training images, which are AutoAugment-ed) or from
@@ -70,14 +71,13 @@ Cost in forward+backward passes of the batch: ``n + 2`` for PGD-n (``n + 3`` fin
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.scipy import ndimage
 
 from jaxrobust.attacks import presets
+from jaxrobust.augmentations import rand_augment
 from jaxrobust.methods import adversarial_training as at
 from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Method
@@ -125,173 +125,6 @@ def domain_forward(model, params, batch_stats: dict, groups, labels, rng, *,
     losses.append(common.cross_entropy(logits, labels, label_smoothing))
     outputs.append(logits)
   return losses, outputs, stats
-
-
-# ------------------------------------------------------------------------------- RandAugment
-# Per-image random operations on float images in [0, 1] (PIL semantics rescaled from 0..255).
-# ``level`` = magnitude / 10 in [0, 1]; ranges are AutoAugment's (Cubuk et al. 2019).
-
-_GEOMETRIC = ('rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
-_PHOTOMETRIC = ('identity', 'auto_contrast', 'equalize', 'solarize', 'posterize', 'color',
-                'contrast', 'brightness', 'sharpness')
-AUGMENT_OPS = _PHOTOMETRIC + _GEOMETRIC
-_FILL = 0.5  # AutoAugment fills uncovered pixels with grey (128)
-
-
-def _per_image(v, x):
-  return jnp.reshape(v, (-1,) + (1,) * (x.ndim - 1))
-
-
-def _grey(x):
-  """Luma (ITU-R 601-2, PIL's 'L' conversion) broadcast back to x's channels."""
-  if x.shape[-1] == 1:
-    return x
-  weights = jnp.asarray([0.299, 0.587, 0.114], x.dtype)
-  return jnp.broadcast_to(jnp.sum(x * weights, axis=-1, keepdims=True), x.shape)
-
-
-def _blend(image, degenerate, factor):
-  """PIL ``ImageEnhance``: ``degenerate + factor * (image - degenerate)``, clipped."""
-  return jnp.clip(degenerate + _per_image(factor, image) * (image - degenerate), 0.0, 1.0)
-
-
-def _auto_contrast(x):
-  lo = jnp.min(x, axis=(1, 2), keepdims=True)
-  hi = jnp.max(x, axis=(1, 2), keepdims=True)
-  scaled = (x - lo) / jnp.maximum(hi - lo, 1e-6)
-  return jnp.where(hi > lo, scaled, x)
-
-
-def _equalize(x):
-  """Histogram equalisation per image and channel, via the empirical CDF of the 8-bit values."""
-  b, h, w, c = x.shape
-  q = jnp.round(x * 255.0).reshape(b, h * w, c)
-  q = jnp.moveaxis(q, -1, 1)  # [b, c, n]
-  sorted_q = jnp.sort(q, axis=-1)
-  count = jax.vmap(jax.vmap(lambda s, v: jnp.searchsorted(s, v, side='right')))(sorted_q, q)
-  n = h * w
-  cdf = count.astype(x.dtype) / n
-  cdf_min = jax.vmap(jax.vmap(lambda s: jnp.searchsorted(s, s[0], side='right')))(sorted_q)
-  cdf_min = (cdf_min.astype(x.dtype) / n)[..., None]
-  eq = jnp.where(cdf_min < 1.0, (cdf - cdf_min) / jnp.maximum(1.0 - cdf_min, 1e-6), q / 255.0)
-  return jnp.moveaxis(jnp.clip(eq, 0.0, 1.0), 1, -1).reshape(b, h, w, c)
-
-
-def _sharpness_degenerate(x):
-  """PIL's SMOOTH filter (3x3, centre weight 5, total 13), border pixels unchanged."""
-  kernel = jnp.asarray([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]], x.dtype) / 13.0
-  c = x.shape[-1]
-  k = jnp.tile(kernel[:, :, None, None], (1, 1, 1, c))
-  smooth = jax.lax.conv_general_dilated(x, k, (1, 1), 'VALID',
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                        feature_group_count=c)
-  return x.at[:, 1:-1, 1:-1, :].set(smooth)
-
-
-def _warp(x, inverse):
-  """Bilinear affine warp: output pixel p (centred coords) samples the input at ``inverse @ p``.
-
-  Args:
-    x: images [B, H, W, C].
-    inverse: [B, 2, 3] maps centred output (row, col, 1) to centred input (row, col).
-  """
-  _, h, w, _ = x.shape
-  rows, cols = jnp.meshgrid(jnp.arange(h, dtype=x.dtype), jnp.arange(w, dtype=x.dtype),
-                            indexing='ij')
-  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
-  coords = jnp.stack([rows - cy, cols - cx, jnp.ones_like(rows)], axis=0).reshape(3, -1)
-
-  def one(image, m):
-    src = m @ coords
-    src_r, src_c = src[0] + cy, src[1] + cx
-
-    def channel(ch):
-      return ndimage.map_coordinates(ch, [src_r, src_c], order=1, mode='constant',
-                                     cval=_FILL).reshape(h, w)
-    return jax.vmap(channel, in_axes=-1, out_axes=-1)(image)
-  return jax.vmap(one)(x, inverse)
-
-
-def _geometric_inverse(op_index, sign, level, size):
-  """Per-image inverse affine matrices [B, 2, 3] for the geometric ops (identity otherwise)."""
-  h, w = size
-  theta = sign * level * math.radians(30.0)
-  shear = sign * level * 0.3
-  shift_x = sign * level * (150.0 / 331.0) * w   # AutoAugment: 150 px of 331
-  shift_y = sign * level * (150.0 / 331.0) * h
-  zero, one = jnp.zeros_like(theta), jnp.ones_like(theta)
-  # (row, col) coordinates; each matrix maps output -> input.
-  mats = {
-      'rotate': jnp.stack([jnp.stack([jnp.cos(theta), -jnp.sin(theta), zero], -1),
-                           jnp.stack([jnp.sin(theta), jnp.cos(theta), zero], -1)], -2),
-      'shear_x': jnp.stack([jnp.stack([one, zero, zero], -1),
-                            jnp.stack([shear, one, zero], -1)], -2),
-      'shear_y': jnp.stack([jnp.stack([one, shear, zero], -1),
-                            jnp.stack([zero, one, zero], -1)], -2),
-      'translate_x': jnp.stack([jnp.stack([one, zero, zero], -1),
-                                jnp.stack([zero, one, shift_x], -1)], -2),
-      'translate_y': jnp.stack([jnp.stack([one, zero, shift_y], -1),
-                                jnp.stack([zero, one, zero], -1)], -2),
-  }
-  identity = jnp.broadcast_to(jnp.asarray([[1., 0., 0.], [0., 1., 0.]]), theta.shape + (2, 3))
-  out = identity
-  for name in _GEOMETRIC:
-    out = jnp.where((op_index == AUGMENT_OPS.index(name))[:, None, None], mats[name], out)
-  return out
-
-
-def _augment_once(x, rng, level):
-  """One RandAugment layer: every image gets one uniformly chosen op with a random sign."""
-  b = x.shape[0]
-  k_op, k_sign = jax.random.split(rng)
-  op = jax.random.randint(k_op, (b,), 0, len(AUGMENT_OPS))
-  sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, (b,)), 1.0, -1.0).astype(x.dtype)
-  enhance = 1.0 + sign * 0.9 * level  # AutoAugment's enhancement factors in [0.1, 1.9]
-  shift = int(level * 4)  # posterize: keep 8 - shift bits (AutoAugment: 4..8 bits)
-  step = 2.0 ** shift
-  candidates = {
-      'identity': x,
-      'auto_contrast': _auto_contrast(x),
-      'equalize': _equalize(x),
-      'solarize': jnp.where(x * 255.0 >= 256.0 * (1.0 - level), 1.0 - x, x),  # PIL threshold
-      'posterize': jnp.floor(jnp.round(x * 255.0) / step) * step / 255.0,
-      'color': _blend(x, _grey(x), enhance),
-      'contrast': _blend(x, jnp.mean(_grey(x), axis=(1, 2, 3), keepdims=True), enhance),
-      'brightness': _blend(x, jnp.zeros_like(x), enhance),
-      'sharpness': _blend(x, _sharpness_degenerate(x), enhance),
-  }
-  warped = _warp(x, _geometric_inverse(op, sign, level, x.shape[1:3]))
-  out = warped  # geometric ops (and identity matrices elsewhere, overwritten below)
-  for name, value in candidates.items():
-    out = jnp.where(_per_image(op == AUGMENT_OPS.index(name), x), value, out)
-  return out
-
-
-def rand_augment(images: jax.Array, rng: jax.Array, num_ops: int = 2,
-                 magnitude: float = 9.0) -> jax.Array:
-  """RandAugment (Cubuk et al. 2019) on device: ``num_ops`` random AutoAugment ops per image.
-
-  The operations are AutoAugment's (identity, auto-contrast, equalize, solarize, posterize,
-  color, contrast, brightness, sharpness, rotate up to 30 degrees, shear up to 0.3, translate up
-  to 150/331 of the size), each image drawing its own op and sign per layer; ``magnitude`` M in
-  [0, 10] scales every range linearly (M/10 of the maximum), as in RandAugment. Equalize uses the
-  empirical CDF of the 8-bit values (PIL's lookup table up to rounding); uncovered pixels of
-  geometric ops are grey.
-
-  Args:
-    images: [B, H, W, C] floats in [0, 1].
-    rng: PRNG key.
-    num_ops: N, the number of ops applied in sequence (static, >= 0).
-    magnitude: M in [0, 10] (static).
-
-  Returns:
-    Augmented images, same shape, in [0, 1].
-  """
-  level = float(magnitude) / 10.0
-  out = images
-  for i in range(num_ops):
-    out = _augment_once(out, jax.random.fold_in(rng, i), level)
-  return jnp.clip(out, 0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------- the method

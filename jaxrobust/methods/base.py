@@ -51,10 +51,16 @@ class Method:
   metrics over devices, and averages BN running statistics unless BN is synchronised.
   """
   name: str = ''
+  # Whether the step trains on AugMix views when ``config.augmix`` is True
+  # (``jaxrobust.augmentations.AugMixSettings``); other methods reject the key.
+  supports_augmix: bool = False
 
   def __init__(self, config):
     self.config = config
     self.ctx: Optional[Context] = None
+    if config.get('augmix', False) and not self.supports_augmix:
+      raise ValueError(f'augmix=True: method {self.name!r} does not train on AugMix views; the '
+                       "methods that do are 'vanilla' and 'ews' (natural training).")
     self.validate()
 
   # -- the shape of the state ------------------------------------------------------------

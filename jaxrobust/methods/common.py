@@ -47,6 +47,44 @@ def distillation_kl(teacher_logits, student_logits, temperature: float = 1.0,
   return kl / teacher_logits.shape[-1] if reduction == 'mean' else kl
 
 
+def jensen_shannon_consistency(*logits):
+  r"""AugMix's consistency loss over the predictions of several views of the same images.
+
+  .. math:: \mathrm{JS}(p_1, \dots, p_n) = \frac{1}{n} \sum_i \mathrm{KL}(p_i \,\|\, M),\quad
+            M = \mathrm{clip}\big(\tfrac{1}{n} \sum_i p_i,\ 10^{-7}, 1\big)
+
+  averaged over the batch (the reference's ``kl_div(log M, p_i, reduction='batchmean')``);
+  gradients flow through every view and through M.
+
+  Args:
+    *logits: [B, K] logits of each view (AugMix: clean, AugMix view 1, AugMix view 2).
+
+  Returns:
+    The scalar divergence.
+  """
+  log_ps = [jax.nn.log_softmax(z) for z in logits]
+  log_m = jnp.log(jnp.clip(sum(jnp.exp(lp) for lp in log_ps) / len(log_ps), 1e-7, 1.0))
+  kls = [jnp.mean(jnp.sum(jnp.exp(lp) * (lp - log_m), axis=-1)) for lp in log_ps]
+  return sum(kls) / len(kls)
+
+
+def augmix_loss(logits, labels, settings, label_smoothing: float = 0.0):
+  """AugMix's training loss on the logits of ``settings.views(x)``.
+
+  With the JSD term (``settings.num_views == 3``; logits ``[clean; view 1; view 2]``, 3B rows):
+  ``CE(clean, y) + jsd_weight * JS(clean, view 1, view 2)``; without it, ``CE(view, y)``.
+
+  Returns:
+    ``(loss, clean_logits)``: the clean images' logits (the view's without the JSD term), [B, K].
+  """
+  if settings.num_views == 1:
+    return cross_entropy(logits, labels, label_smoothing), logits
+  clean, view1, view2 = jnp.split(logits, 3)
+  loss = (cross_entropy(clean, labels, label_smoothing)
+          + settings.jsd_weight * jensen_shannon_consistency(clean, view1, view2))
+  return loss, clean
+
+
 def accuracy(logits, labels):
   return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 

@@ -80,8 +80,13 @@ the subnet.
   update;
 * evaluation: the full network with ``'main'`` running statistics.
 
-Not implemented: AutoAugment / AugMix / DeepAugment inputs (not in this input pipeline; EWS
-itself is augmentation-agnostic).
+**AugMix** (``augmix=True``, natural training; ``jaxrobust.augmentations.AugMixSettings``; the
+paper's CIFAR setting is ``augmix_severity=5`` with the JSD loss, ``configs/ews_augmix_cifar.py``):
+the full network trains on ``[x; augmix(x); augmix(x)]`` with AugMix's loss
+``CE(M(x), y) + 12 JS(M(x), M(view 1), M(view 2))`` (``methods.common.augmix_loss``), and the
+subnet distils from the full network on all 3B images. Not implemented: AutoAugment's fixed
+policies and DeepAugment (RandAugment, ``jaxrobust.augmentations.rand_augment``, is AdvProp's
+stand-in for AutoAugment).
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ import optax
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
-from jaxrobust import parallel
+from jaxrobust import augmentations, parallel
 from jaxrobust.methods import adversarial_training as at
 from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Hook, Method
@@ -206,6 +211,7 @@ class EWS(Method):
   base_name = 'natural'
   uses_ews = True
   default_awp_gamma = 0.0
+  supports_augmix = True  # natural training only; the adversarial subclasses set False
 
   # -- configuration ----------------------------------------------------------------------
   def _resolve_base_name(self) -> str:
@@ -219,6 +225,7 @@ class EWS(Method):
     if self.base is not None:
       self.base = self.base(c)  # validates the base's own keys (pgd_at_* / trades_*)
     self.label_smoothing = float(c.get('label_smoothing', 0.0))
+    self.augmix = augmentations.AugMixSettings.from_config(c)
     self.lam = (at.check_nonnegative('ews_lambda', c.get('ews_lambda', 1.0))
                 if self.uses_ews else 0.0)
     self.kl_reduction = c.get('ews_kl_reduction', 'mean')
@@ -294,8 +301,9 @@ class EWS(Method):
     The base method's cost, plus one pass per subnet distillation term, plus (AWP) one pass per
     full-network training pass for the ascent step.
     """
-    if self.base is None:
-      base_cost, full_passes = 1.0, 1
+    if self.base is None:  # AugMix with JSD: one pass of 3B images, i.e. 3 passes of B
+      full_passes = self.augmix.num_views if self.augmix else 1
+      base_cost = float(full_passes)
     else:
       base_cost = float(self.base.forward_backward_passes())
       full_passes = 2 if self.base_kind == 'trades' or self.base.gamma else 1
@@ -368,10 +376,15 @@ class EWS(Method):
     metrics = {}
     kl_terms = []  # (weight, teacher logits, images)
     if self.base is None:
+      # x: the clean batch, or its AugMix views [x; view 1; view 2] (the subnet distils on all)
       logits, stats = apply_model(self.model, params, stats, x, train=True, domain=MAIN,
                                   rngs=drop(0))
-      base_loss = common.cross_entropy(logits, y, self.label_smoothing)
-      metrics['accuracy'] = common.accuracy(logits, y)
+      if self.augmix is None:
+        base_loss, clean_logits = common.cross_entropy(logits, y, self.label_smoothing), logits
+      else:
+        base_loss, clean_logits = common.augmix_loss(logits, y, self.augmix,
+                                                     self.label_smoothing)
+      metrics['accuracy'] = common.accuracy(clean_logits, y)
       kl_terms.append((1.0, logits, x))
     elif self.base_kind == 'pgd_at':
       gamma = self.base.gamma
@@ -404,7 +417,7 @@ class EWS(Method):
         kl_total = kl_total + weight * kl
         if i == 0:  # the subnet on x' for the adversarial bases, on x for natural training
           metrics['subnet_kl'] = kl
-          metrics['subnet_accuracy'] = common.accuracy(sub_logits, y)
+          metrics['subnet_accuracy'] = common.accuracy(sub_logits[:y.shape[0]], y)
       loss = loss + self.lam * kl_total
     return loss, (stats, metrics)
 
@@ -426,6 +439,9 @@ class EWS(Method):
       x, y, x_adv, k_drop = self.base.craft_batch(state, batch, rng)
     else:
       x, y, x_adv, k_drop = batch['image'], batch['label'], None, rng
+      if self.augmix is not None:
+        k_augmix, k_drop = jax.random.split(rng)
+        x = self.augmix.views(x, k_augmix)
     masks = self.step_subnet(state) if self.has_subnets else None
     params = state.params
     if self.awp_gamma > 0:
@@ -617,12 +633,14 @@ class EWS(Method):
 class EWSPGDAT(EWS):
   """EWS on Madry PGD adversarial training (phi = CE, gamma = ``pgd_at_gamma``, default 0)."""
   base_name = 'pgd_at'
+  supports_augmix = False
 
 
 @register('ews_trades')
 class EWSTRADES(EWS):
   """EWS on TRADES (phi = KL, gamma = 1 / ``trades_beta`` = 1/6)."""
   base_name = 'trades'
+  supports_augmix = False
 
 
 @register('awp')
@@ -634,6 +652,7 @@ class AWP(EWS):
   """
   uses_ews = False
   default_awp_gamma = 5e-3
+  supports_augmix = False
 
   def _resolve_base_name(self) -> str:
     base = self.config.get('awp_base', 'pgd_at')

@@ -1,20 +1,42 @@
-"""Vanilla training: cross-entropy on clean (augmented) images.
+"""Vanilla training: cross-entropy on clean (augmented) images, optionally with AugMix.
 
 BatchNorm: the single training pass normalises with batch statistics and updates ``main``.
+
+AugMix (``config.augmix=True``, keys in ``jaxrobust.augmentations.AugMixSettings``): the pass
+runs on ``[x; augmix(x); augmix(x)]`` (3B images, one set of batch statistics, as the AugMix
+reference code concatenates them) with the loss ``CE(clean) + 12 JS(clean, view 1, view 2)``
+(``methods.common.augmix_loss``); the baseline of EWS's AugMix rows.
 """
 
+import jax
+
+from jaxrobust import augmentations
 from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Method
 
 
 @register('vanilla')
 class Vanilla(Method):
-  """Minimises ``CE(f(x), y)`` (with optional label smoothing)."""
+  """Minimises ``CE(f(x), y)`` (with optional label smoothing), or AugMix's loss."""
+  supports_augmix = True
+
+  def validate(self) -> None:
+    self.augmix = augmentations.AugMixSettings.from_config(self.config)
+
+  def forward_backward_passes(self) -> float:
+    return float(self.augmix.num_views) if self.augmix else 1.0
 
   def train_step(self, state, batch, rng):
-    labels = batch['label']
+    labels, x = batch['label'], batch['image']
     smoothing = self.config.get('label_smoothing', 0.0)
-    state, loss, logits = common.single_pass_update(
-        self.model, self.tx, state, batch['image'],
-        lambda logits: common.cross_entropy(logits, labels, smoothing), rng)
-    return state, {'loss': loss, 'accuracy': common.accuracy(logits, labels)}
+    if self.augmix is None:
+      loss_of_logits = lambda logits: common.cross_entropy(logits, labels, smoothing)  # noqa: E731
+    else:
+      k_augmix, rng = jax.random.split(rng)
+      x = self.augmix.views(x, k_augmix)
+      loss_of_logits = lambda logits: common.augmix_loss(  # noqa: E731
+          logits, labels, self.augmix, smoothing)[0]
+    state, loss, logits = common.single_pass_update(self.model, self.tx, state, x,
+                                                    loss_of_logits, rng)
+    clean = logits[:labels.shape[0]]  # the clean images lead (the one view without JSD)
+    return state, {'loss': loss, 'accuracy': common.accuracy(clean, labels)}

@@ -1,0 +1,39 @@
+"""AugMix on CIFAR-10: the "AugMix, Vanilla" baseline of EWS's Table 1 (EWS's recipe, no EWS).
+
+AugMix (Hendrycks et al. 2020): each image and two AugMix views of it go through the network
+together; the loss is CE on the clean image plus 12 times the Jensen-Shannon divergence of the
+three predictions. Its own CIFAR defaults are severity 3, width 3, random depth 1-3, alpha 1;
+EWS (``001_f126abb63f157b30.txt``, supplementary D) sets "the augmentation severity to 5 and
+exploit[s] JSD loss", on ResNet-50 with its 400-epoch schedule, which this config uses so that
+``configs/ews_augmix_cifar.py`` differs from it only by EWS.
+
+    python -m jaxrobust.main --config=configs/augmix_cifar.py --workdir=/tmp/augmix_cifar
+
+On the local CIFAR-10 copy with the CPU-sized recipe:
+
+    python -m jaxrobust.main --config=configs/augmix_cifar.py --workdir=/tmp/augmix_small \
+      --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
+      --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2 \
+      --config.nesterov=False
+"""
+
+from configs import ews_cifar
+
+
+def add_augmix_keys(c, *, severity: int = 5):
+  """AugMix's hyper-parameters (its section 4 / reference code; severity 5 as in EWS)."""
+  c.augmix = True
+  c.augmix_severity = severity  # op strength U(0.1, severity) / 10 of AutoAugment's ranges
+  c.augmix_width = 3            # chains mixed per view
+  c.augmix_depth = -1           # ops per chain: -1 = uniform in 1..3
+  c.augmix_alpha = 1.0          # Dirichlet (chain weights) and Beta (mix with the original)
+  c.augmix_jsd_weight = 12.0    # lambda of the Jensen-Shannon consistency term
+  return c
+
+
+def get_config():
+  c = ews_cifar.get_config()  # EWS's CIFAR recipe (ResNet-50, 400 epochs, step schedule)
+  c.method = 'vanilla'
+  for key in [k for k in c.keys() if k.startswith(('ews_', 'awp_'))]:
+    del c[key]
+  return add_augmix_keys(c)

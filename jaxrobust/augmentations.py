@@ -1,0 +1,336 @@
+"""On-device image augmentations built from AutoAugment's operations: RandAugment and AugMix.
+
+Every operation works per image on float images in [0, 1] with PIL's semantics rescaled from
+0..255; each image draws its own operation, strength and sign. They run inside the jitted step,
+like the corruptions (``jaxrobust.corruptions``), so the host pipeline stays a plain crop + flip.
+
+* :func:`rand_augment` (Cubuk et al. 2019): ``N`` ops drawn uniformly from all of AutoAugment's,
+  at one magnitude (AdvProp's fine-grained ``aux_augment`` domain).
+* :func:`augmix` (Hendrycks et al., "AugMix", ICLR 2020): ``width`` chains of 1-3 ops from the
+  operations that do not overlap the test corruptions, mixed with Dirichlet weights and then with
+  the original image (a Beta weight); :class:`AugMixSettings` reads the ``augmix*`` config keys
+  that vanilla training and EWS use, and ``methods.common.augmix_loss`` is its loss with the
+  Jensen-Shannon consistency term.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from jax.scipy import ndimage
+
+_GEOMETRIC = ('rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
+_PHOTOMETRIC = ('identity', 'auto_contrast', 'equalize', 'solarize', 'posterize', 'color',
+                'contrast', 'brightness', 'sharpness')
+AUGMENT_OPS = _PHOTOMETRIC + _GEOMETRIC
+# AugMix's operations: AutoAugment's without those that overlap ImageNet-C / CIFAR-10-C's
+# corruptions (color, contrast, brightness, sharpness) and without identity.
+AUGMIX_OPS = ('auto_contrast', 'equalize', 'posterize', 'rotate', 'solarize', 'shear_x',
+              'shear_y', 'translate_x', 'translate_y')
+AUTOAUGMENT_TRANSLATE = 150.0 / 331.0  # AutoAugment: 150 px of a 331 px image
+AUGMIX_TRANSLATE = 1.0 / 3.0           # AugMix: a third of the image size
+_FILL = 0.5  # AutoAugment fills uncovered pixels with grey (128)
+
+
+_GEOMETRIC = ('rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
+_PHOTOMETRIC = ('identity', 'auto_contrast', 'equalize', 'solarize', 'posterize', 'color',
+                'contrast', 'brightness', 'sharpness')
+AUGMENT_OPS = _PHOTOMETRIC + _GEOMETRIC
+_FILL = 0.5  # AutoAugment fills uncovered pixels with grey (128)
+
+
+def _per_image(v, x):
+  return jnp.reshape(v, (-1,) + (1,) * (x.ndim - 1))
+
+
+def _grey(x):
+  """Luma (ITU-R 601-2, PIL's 'L' conversion) broadcast back to x's channels."""
+  if x.shape[-1] == 1:
+    return x
+  weights = jnp.asarray([0.299, 0.587, 0.114], x.dtype)
+  return jnp.broadcast_to(jnp.sum(x * weights, axis=-1, keepdims=True), x.shape)
+
+
+def _blend(image, degenerate, factor):
+  """PIL ``ImageEnhance``: ``degenerate + factor * (image - degenerate)``, clipped."""
+  return jnp.clip(degenerate + _per_image(factor, image) * (image - degenerate), 0.0, 1.0)
+
+
+def _auto_contrast(x):
+  lo = jnp.min(x, axis=(1, 2), keepdims=True)
+  hi = jnp.max(x, axis=(1, 2), keepdims=True)
+  scaled = (x - lo) / jnp.maximum(hi - lo, 1e-6)
+  return jnp.where(hi > lo, scaled, x)
+
+
+def _equalize(x):
+  """Histogram equalisation per image and channel, via the empirical CDF of the 8-bit values."""
+  b, h, w, c = x.shape
+  q = jnp.round(x * 255.0).reshape(b, h * w, c)
+  q = jnp.moveaxis(q, -1, 1)  # [b, c, n]
+  sorted_q = jnp.sort(q, axis=-1)
+  count = jax.vmap(jax.vmap(lambda s, v: jnp.searchsorted(s, v, side='right')))(sorted_q, q)
+  n = h * w
+  cdf = count.astype(x.dtype) / n
+  cdf_min = jax.vmap(jax.vmap(lambda s: jnp.searchsorted(s, s[0], side='right')))(sorted_q)
+  cdf_min = (cdf_min.astype(x.dtype) / n)[..., None]
+  eq = jnp.where(cdf_min < 1.0, (cdf - cdf_min) / jnp.maximum(1.0 - cdf_min, 1e-6), q / 255.0)
+  return jnp.moveaxis(jnp.clip(eq, 0.0, 1.0), 1, -1).reshape(b, h, w, c)
+
+
+def _sharpness_degenerate(x):
+  """PIL's SMOOTH filter (3x3, centre weight 5, total 13), border pixels unchanged."""
+  kernel = jnp.asarray([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]], x.dtype) / 13.0
+  c = x.shape[-1]
+  k = jnp.tile(kernel[:, :, None, None], (1, 1, 1, c))
+  smooth = jax.lax.conv_general_dilated(x, k, (1, 1), 'VALID',
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                        feature_group_count=c)
+  return x.at[:, 1:-1, 1:-1, :].set(smooth)
+
+
+def _warp(x, inverse):
+  """Bilinear affine warp: output pixel p (centred coords) samples the input at ``inverse @ p``.
+
+  Args:
+    x: images [B, H, W, C].
+    inverse: [B, 2, 3] maps centred output (row, col, 1) to centred input (row, col).
+  """
+  _, h, w, _ = x.shape
+  rows, cols = jnp.meshgrid(jnp.arange(h, dtype=x.dtype), jnp.arange(w, dtype=x.dtype),
+                            indexing='ij')
+  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+  coords = jnp.stack([rows - cy, cols - cx, jnp.ones_like(rows)], axis=0).reshape(3, -1)
+
+  def one(image, m):
+    src = m @ coords
+    src_r, src_c = src[0] + cy, src[1] + cx
+
+    def channel(ch):
+      return ndimage.map_coordinates(ch, [src_r, src_c], order=1, mode='constant',
+                                     cval=_FILL).reshape(h, w)
+    return jax.vmap(channel, in_axes=-1, out_axes=-1)(image)
+  return jax.vmap(one)(x, inverse)
+
+
+def _geometric_inverse(op_index, sign, level, size, ops, translate):
+  """Per-image inverse affine matrices [B, 2, 3] for the geometric ops (identity otherwise).
+
+  ``op_index`` indexes ``ops``; ``level`` is a scalar or per-image [B]; ``translate`` is the
+  largest shift as a fraction of the image size.
+  """
+  h, w = size
+  theta = sign * level * math.radians(30.0)
+  shear = sign * level * 0.3
+  shift_x = sign * level * translate * w
+  shift_y = sign * level * translate * h
+  zero, one = jnp.zeros_like(theta), jnp.ones_like(theta)
+  # (row, col) coordinates; each matrix maps output -> input.
+  mats = {
+      'rotate': jnp.stack([jnp.stack([jnp.cos(theta), -jnp.sin(theta), zero], -1),
+                           jnp.stack([jnp.sin(theta), jnp.cos(theta), zero], -1)], -2),
+      'shear_x': jnp.stack([jnp.stack([one, zero, zero], -1),
+                            jnp.stack([shear, one, zero], -1)], -2),
+      'shear_y': jnp.stack([jnp.stack([one, shear, zero], -1),
+                            jnp.stack([zero, one, zero], -1)], -2),
+      'translate_x': jnp.stack([jnp.stack([one, zero, zero], -1),
+                                jnp.stack([zero, one, shift_x], -1)], -2),
+      'translate_y': jnp.stack([jnp.stack([one, zero, shift_y], -1),
+                                jnp.stack([zero, one, zero], -1)], -2),
+  }
+  identity = jnp.broadcast_to(jnp.asarray([[1., 0., 0.], [0., 1., 0.]]), theta.shape + (2, 3))
+  out = identity
+  for name in _GEOMETRIC:
+    if name in ops:
+      out = jnp.where((op_index == ops.index(name))[:, None, None], mats[name], out)
+  return out
+
+
+def _augment_once(x, rng, level, ops=AUGMENT_OPS, *, translate=AUTOAUGMENT_TRANSLATE,
+                  posterize_bits=8):
+  """One augmentation layer: every image gets one op drawn uniformly from ``ops``, a random sign.
+
+  Args:
+    x: [B, H, W, C] images in [0, 1].
+    rng: PRNG key.
+    level: strength in [0, 1], a float or one per image ([B]); every op's range scales with it.
+    ops: the candidate op names (a subset of ``AUGMENT_OPS``; static).
+    translate: the largest shift as a fraction of the image size.
+    posterize_bits: bits posterize keeps at level 0; it drops ``floor(4 level)`` more
+      (AutoAugment 8, AugMix 4).
+
+  Returns:
+    The images after one op each.
+  """
+  b = x.shape[0]
+  level = jnp.broadcast_to(jnp.asarray(level, x.dtype), (b,))
+  k_op, k_sign = jax.random.split(rng)
+  op = jax.random.randint(k_op, (b,), 0, len(ops))
+  sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, (b,)), 1.0, -1.0).astype(x.dtype)
+  enhance = 1.0 + sign * 0.9 * level  # AutoAugment's enhancement factors in [0.1, 1.9]
+  # posterize keeps posterize_bits - floor(4 level) of the 8 bits: quantisation step 2^(8 - kept)
+  step = _per_image(2.0 ** ((8 - posterize_bits) + jnp.floor(level * 4.0)), x)
+  photometric = {
+      'identity': lambda: x,
+      'auto_contrast': lambda: _auto_contrast(x),
+      'equalize': lambda: _equalize(x),
+      'solarize': lambda: jnp.where(x * 255.0 >= 256.0 * (1.0 - _per_image(level, x)),
+                                    1.0 - x, x),  # PIL's threshold
+      'posterize': lambda: jnp.floor(jnp.round(x * 255.0) / step) * step / 255.0,
+      'color': lambda: _blend(x, _grey(x), enhance),
+      'contrast': lambda: _blend(x, jnp.mean(_grey(x), axis=(1, 2, 3), keepdims=True), enhance),
+      'brightness': lambda: _blend(x, jnp.zeros_like(x), enhance),
+      'sharpness': lambda: _blend(x, _sharpness_degenerate(x), enhance),
+  }
+  out = x
+  if any(name in _GEOMETRIC for name in ops):  # identity matrices for the photometric ops
+    out = _warp(x, _geometric_inverse(op, sign, level, x.shape[1:3], ops, translate))
+  for i, name in enumerate(ops):
+    if name in photometric:  # only the ops in use are computed
+      out = jnp.where(_per_image(op == i, x), photometric[name](), out)
+  return out
+
+
+def rand_augment(images: jax.Array, rng: jax.Array, num_ops: int = 2,
+                 magnitude: float = 9.0) -> jax.Array:
+  """RandAugment (Cubuk et al. 2019) on device: ``num_ops`` random AutoAugment ops per image.
+
+  The operations are AutoAugment's (identity, auto-contrast, equalize, solarize, posterize,
+  color, contrast, brightness, sharpness, rotate up to 30 degrees, shear up to 0.3, translate up
+  to 150/331 of the size), each image drawing its own op and sign per layer; ``magnitude`` M in
+  [0, 10] scales every range linearly (M/10 of the maximum), as in RandAugment. Equalize uses the
+  empirical CDF of the 8-bit values (PIL's lookup table up to rounding); uncovered pixels of
+  geometric ops are grey.
+
+  Args:
+    images: [B, H, W, C] floats in [0, 1].
+    rng: PRNG key.
+    num_ops: N, the number of ops applied in sequence (static, >= 0).
+    magnitude: M in [0, 10] (static).
+
+  Returns:
+    Augmented images, same shape, in [0, 1].
+  """
+  level = float(magnitude) / 10.0
+  out = images
+  for i in range(num_ops):
+    out = _augment_once(out, jax.random.fold_in(rng, i), level)
+  return jnp.clip(out, 0.0, 1.0)
+
+
+
+# ------------------------------------------------------------------------------------ AugMix
+
+
+def augmix(images: jax.Array, rng: jax.Array, severity: int = 3, width: int = 3,
+           depth: int = -1, alpha: float = 1.0) -> jax.Array:
+  r"""AugMix (Hendrycks et al. 2020, Algorithm 1) of every image, on device.
+
+  .. math::
+     x_{aug} = (1 - m)\, x + m \sum_{i=1}^{k} w_i\, \mathrm{chain}_i(x),\quad
+     w \sim \mathrm{Dirichlet}(\alpha, \dots, \alpha),\ m \sim \mathrm{Beta}(\alpha, \alpha)
+
+  with ``k = width`` chains, each of ``depth`` ops (``-1``: 1 to 3, uniformly per image and
+  chain) drawn from ``AUGMIX_OPS``; every op draws its own strength ``U(0.1, severity) / 10``
+  (AugMix's ``sample_level``), so severity 3 reaches 30% of AutoAugment's ranges (rotate 30
+  degrees, shear 0.3, translate a third of the size, solarize, posterize down from 4 bits).
+  Differences from the reference: bilinear instead of nearest-neighbour warps, and continuous
+  angles and shifts where it rounds to whole degrees and pixels.
+
+  Args:
+    images: [B, H, W, C] floats in [0, 1].
+    rng: PRNG key.
+    severity: 1..10 (may be traced; the AugMix default is 3, EWS's CIFAR runs use 5).
+    width: chains mixed per image (static, >= 1).
+    depth: ops per chain (static, >= 1), or -1 for a random depth in 1..3.
+    alpha: the Dirichlet and Beta concentration (> 0).
+
+  Returns:
+    The augmented-and-mixed images, same shape, in [0, 1].
+  """
+  b = images.shape[0]
+  k_weights, k_mix, k_chains = jax.random.split(rng, 3)
+  weights = jax.random.dirichlet(k_weights, jnp.full((width,), alpha, images.dtype), (b,))
+  m = jax.random.beta(k_mix, alpha, alpha, (b,), images.dtype)
+  max_depth = depth if depth > 0 else 3
+  mix = jnp.zeros_like(images)
+  for i in range(width):
+    k_depth, k_ops = jax.random.split(jax.random.fold_in(k_chains, i))
+    chain_depth = (jnp.full((b,), depth) if depth > 0 else
+                   jax.random.randint(k_depth, (b,), 1, 4))
+    x = images
+    for j in range(max_depth):
+      k_level, k_op = jax.random.split(jax.random.fold_in(k_ops, j))
+      level = jax.random.uniform(k_level, (b,), images.dtype, 0.1, severity) / 10.0
+      y = _augment_once(x, k_op, level, AUGMIX_OPS, translate=AUGMIX_TRANSLATE,
+                        posterize_bits=4)
+      x = jnp.where(_per_image(j < chain_depth, x), y, x)  # chains shorter than j stop here
+    mix = mix + _per_image(weights[:, i], x) * x
+  m = _per_image(m, images)
+  return jnp.clip((1.0 - m) * images + m * mix, 0.0, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugMixSettings:
+  """The ``augmix*`` config keys of the methods that train on AugMix views (vanilla, EWS).
+
+  Attributes:
+    severity, width, depth, alpha: :func:`augmix`'s arguments (``augmix_severity`` 3,
+      ``augmix_width`` 3, ``augmix_depth`` -1, ``augmix_alpha`` 1).
+    jsd_weight: the Jensen-Shannon consistency weight (``augmix_jsd_weight``, 12 as in AugMix);
+      0 trains on one AugMix view per image instead of the clean image and two views.
+  """
+  severity: int = 3
+  width: int = 3
+  depth: int = -1
+  alpha: float = 1.0
+  jsd_weight: float = 12.0
+
+  @classmethod
+  def from_config(cls, config) -> Optional['AugMixSettings']:
+    """The settings if ``config.augmix`` is True, else None; ValueError for a bad value."""
+    enabled = config.get('augmix', False)
+    if not isinstance(enabled, bool):
+      raise ValueError(f'augmix must be True or False, got {enabled!r}.')
+    if not enabled:
+      return None
+    d = cls()
+    s = cls(severity=config.get('augmix_severity', d.severity),
+            width=config.get('augmix_width', d.width),
+            depth=config.get('augmix_depth', d.depth),
+            alpha=config.get('augmix_alpha', d.alpha),
+            jsd_weight=config.get('augmix_jsd_weight', d.jsd_weight))
+    _check_int('augmix_severity', s.severity, range(1, 11), '1..10')
+    _check_int('augmix_width', s.width, range(1, 100), '>= 1')
+    if s.depth != -1:
+      _check_int('augmix_depth', s.depth, range(1, 100), '-1 (random 1..3) or >= 1')
+    for key, value, lowest in (('augmix_alpha', s.alpha, 'positive'),
+                               ('augmix_jsd_weight', s.jsd_weight, '>= 0')):
+      ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+          value > 0 if lowest == 'positive' else value >= 0)
+      if not ok:
+        raise ValueError(f'{key} must be {lowest}, got {value!r}.')
+    return s
+
+  @property
+  def num_views(self) -> int:
+    """Images per training image: the clean one and two AugMix views with the JSD term, else 1."""
+    return 3 if self.jsd_weight > 0 else 1
+
+  def views(self, images: jax.Array, rng: jax.Array) -> jax.Array:
+    """``[x; augmix(x); augmix(x)]`` ([3B, ...], independent views) with the JSD term, else
+    ``augmix(x)`` ([B, ...])."""
+    mix = lambda k: augmix(images, k, self.severity, self.width, self.depth, self.alpha)  # noqa: E731
+    if self.num_views == 1:
+      return mix(rng)
+    k1, k2 = jax.random.split(rng)
+    return jnp.concatenate([images, mix(k1), mix(k2)], axis=0)
+
+
+def _check_int(key, value, allowed, described):
+  if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+    raise ValueError(f'{key} must be an integer {described}, got {value!r}.')

@@ -1,0 +1,174 @@
+"""On-device augmentations: RandAugment's ops, AugMix, its JSD loss, and AugMix in vanilla / EWS."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from jaxrobust import augmentations, methods, models, parallel, train
+from jaxrobust.methods import common
+from jaxrobust.methods import ews as ews_lib
+from tests.conftest import method_on_tiny_model, random_batch, tiny_config
+
+
+def _images(n=16, size=8, seed=0):
+  """8-bit-valued images (so posterize / solarize at level 0 are exact identities)."""
+  rng = np.random.default_rng(seed)
+  return jnp.asarray(np.round(rng.uniform(size=(n, size, size, 3)) * 255) / 255, jnp.float32)
+
+
+def test_rand_augment_ops():
+  x = _images()
+  out = jax.jit(augmentations.rand_augment, static_argnums=(2, 3))(x, jax.random.key(0), 2, 9.0)
+  assert out.shape == x.shape and float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+  changed = np.abs(np.asarray(out) - np.asarray(x)).reshape(16, -1).max(-1) > 1e-6
+  assert changed.sum() >= 12  # identity is 1 of 14 ops per layer
+  # At magnitude 0 every op but auto-contrast and equalize is the identity (on 8-bit images).
+  once = jax.jit(augmentations._augment_once, static_argnums=2)
+  for seed in range(3):
+    out0 = once(x, jax.random.key(seed), 0.0)
+    op = jax.random.randint(jax.random.split(jax.random.key(seed))[0], (16,), 0,
+                            len(augmentations.AUGMENT_OPS))
+    keep = ~np.isin(np.asarray(op), [augmentations.AUGMENT_OPS.index('auto_contrast'),
+                                     augmentations.AUGMENT_OPS.index('equalize')])
+    np.testing.assert_allclose(np.asarray(out0)[keep], np.asarray(x)[keep], atol=1e-5)
+  # Equalize spreads the values: the empirical CDF of the output is close to uniform.
+  eq = np.asarray(jax.jit(augmentations._equalize)(x * 0.2))
+  assert eq.max() == pytest.approx(1.0) and abs(eq.mean() - 0.5) < 0.1
+
+
+def test_per_image_levels_and_augmix_op_ranges():
+  x = _images(n=2, size=12)
+  strength_ops = ('rotate', 'shear_x', 'translate_y', 'solarize')
+  once = jax.jit(augmentations._augment_once, static_argnums=(3,),
+                 static_argnames=('translate', 'posterize_bits'))
+  for seed in range(4):  # image 0 at level 0 (identity), image 1 at full strength
+    out = np.asarray(once(x, jax.random.key(seed), jnp.asarray([0.0, 1.0]), strength_ops))
+    np.testing.assert_allclose(out[0], np.asarray(x[0]), atol=1e-5)
+    assert np.abs(out[1] - np.asarray(x[1])).max() > 0.1
+  # AugMix's posterize keeps 4 bits at level 0 (AutoAugment's 8): multiples of 16 / 255.
+  post = np.asarray(once(x, jax.random.key(0), 0.0, ('posterize',), posterize_bits=4)) * 255
+  np.testing.assert_allclose(post, np.round(post / 16) * 16, atol=1e-3)
+  assert not np.allclose(post, np.asarray(x) * 255)
+  # translate_x at level 1 moves by `translate` of the width: 12 / 3 = 4 columns.
+  shifted = np.asarray(once(x, jax.random.key(0), 1.0, ('translate_x',),
+                            translate=augmentations.AUGMIX_TRANSLATE))
+  for i in range(2):
+    moved = [k for k in (-4, 4) if np.allclose(shifted[i, :, max(0, -k):12 - max(0, k)],
+                                               np.asarray(x)[i, :, max(0, k):12 + min(0, k)],
+                                               atol=1e-5)]
+    assert moved, f'image {i} is not shifted by 4 columns'
+
+
+def test_augmix_is_a_random_mixture_whose_strength_grows_with_severity():
+  x = _images(n=32)
+  mix = jax.jit(augmentations.augmix, static_argnums=(3, 4))  # severity traced: one compile
+  a, b = mix(x, jax.random.key(0), 3, 3, -1), mix(x, jax.random.key(0), 3, 3, -1)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))   # a function of the key
+  c = mix(x, jax.random.key(1), 3, 3, -1)
+  assert a.shape == x.shape and 0.0 <= float(a.min()) and float(a.max()) <= 1.0
+  assert not np.allclose(np.asarray(a), np.asarray(c))
+  distance = {s: float(jnp.mean(jnp.abs(mix(x, jax.random.key(2), s, 3, -1) - x)))
+              for s in (1, 10)}
+  assert 0.0 < distance[1] < 0.7 * distance[10]
+  # Each image is mixed with its own (Beta) weight: some stay close, others move far.
+  per_image = np.asarray(jnp.mean(jnp.abs(mix(x, jax.random.key(3), 10, 3, -1) - x),
+                                  axis=(1, 2, 3)))
+  assert per_image.max() > 3 * per_image.min()
+
+
+def test_jensen_shannon_consistency_matches_numpy_and_reaches_every_view():
+  rng = np.random.default_rng(0)
+  views = [jnp.asarray(rng.normal(size=(4, 5)), jnp.float32) for _ in range(3)]
+  p = [np.exp(v) / np.exp(v).sum(-1, keepdims=True) for v in map(np.asarray, views)]
+  m = np.clip(sum(p) / 3, 1e-7, 1)
+  expected = np.mean([np.mean(np.sum(q * (np.log(q) - np.log(m)), -1)) for q in p])
+  np.testing.assert_allclose(float(common.jensen_shannon_consistency(*views)), expected,
+                             rtol=1e-5)
+  assert float(common.jensen_shannon_consistency(views[0], views[0], views[0])) == (
+      pytest.approx(0.0, abs=1e-6))
+  grads = jax.grad(lambda vs: common.jensen_shannon_consistency(*vs))(views)
+  assert all(float(jnp.abs(g).sum()) > 0 for g in grads)
+  settings = augmentations.AugMixSettings(jsd_weight=12.0)
+  labels = jnp.asarray([0, 1, 2, 3])
+  loss, clean = common.augmix_loss(jnp.concatenate(views), labels, settings)
+  ce = float(optax.softmax_cross_entropy_with_integer_labels(views[0], labels).mean())
+  np.testing.assert_allclose(float(loss), ce + 12 * expected, rtol=1e-5)
+  np.testing.assert_array_equal(np.asarray(clean), np.asarray(views[0]))
+
+
+def test_vanilla_augmix_step_trains_on_the_clean_images_and_two_views():
+  # One op per view keeps the compile short; the chains themselves are tested above.
+  config, mesh, m, model, state = method_on_tiny_model('vanilla', augmix=True, augmix_severity=5,
+                                                       augmix_width=1, augmix_depth=1)
+  assert m.forward_backward_passes() == 3.0
+  host = parallel.to_host(state)
+  m.train_step = chex.assert_max_traces(m.train_step, n=1)
+  step = train.make_train_step(m, config, mesh)
+  batch = random_batch()
+  new_state, metrics = step(parallel.replicate(host, mesh), parallel.shard_batch(batch, mesh))
+  after = parallel.to_host(new_state.batch_stats)
+  step(new_state, parallel.shard_batch(random_batch(1), mesh))  # no retrace (state donated)
+  # Reproduce the step: its key -> (AugMix key, dropout key); views of the batch.
+  rng = jax.random.fold_in(jax.random.fold_in(host.rng, 0), 0)
+  views = jax.jit(m.augmix.views)(jnp.asarray(batch['image']), jax.random.split(rng)[0])
+  assert views.shape[0] == 3 * batch['image'].shape[0]
+  np.testing.assert_array_equal(np.asarray(views[:8]), batch['image'])
+  logits, stats = models.apply_model(model, host.params, host.batch_stats, views, train=True)
+  expected_loss, _ = common.augmix_loss(logits, jnp.asarray(batch['label']), m.augmix)
+  np.testing.assert_allclose(float(metrics['loss']), float(expected_loss), rtol=1e-4)
+  # One set of batch statistics over all 3B images updates 'main'.
+  chex.assert_trees_all_close(after, parallel.to_host(stats), rtol=1e-4, atol=1e-5)
+
+
+def test_ews_with_augmix_distils_the_subnet_on_every_view():
+  config, mesh, m, model, state = method_on_tiny_model('ews', augmix=True, ews_search='random',
+                                                       augmix_width=1, augmix_depth=1)
+  assert m.forward_backward_passes() == 6.0  # 3B images through the full net and the subnet
+  host = parallel.to_host(state)
+  x = jnp.asarray(random_batch()['image'])
+  views = jax.jit(m.augmix.views)(x, jax.random.key(0))
+  masks = m.space.random(jax.random.key(1))
+  y = jnp.asarray(random_batch()['label'])
+  loss, (_, metrics) = m.loss_fn(host.params, host.batch_stats, views, y, None, masks,
+                                 jax.random.key(2))
+  logits, _ = models.apply_model(model, host.params, host.batch_stats, views, train=True)
+  base, clean = common.augmix_loss(logits, y, m.augmix)
+  kl, _ = ews_lib.subnet_distillation(
+      model, host.params, host.batch_stats, views, logits, masks)
+  np.testing.assert_allclose(float(metrics['base_loss']), float(base), rtol=1e-5)
+  np.testing.assert_allclose(float(loss), float(base + m.lam * kl), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics['accuracy']), float(common.accuracy(clean, y)))
+
+
+@pytest.mark.parametrize('overrides,match', [
+    (dict(augmix='yes'), r"augmix must be True or False, got 'yes'"),
+    (dict(augmix=True, augmix_severity=0), r'augmix_severity must be an integer 1\.\.10, got 0'),
+    (dict(augmix=True, augmix_width=0), r'augmix_width must be an integer >= 1, got 0'),
+    (dict(augmix=True, augmix_depth=0), r'augmix_depth must be an integer -1 .* got 0'),
+    (dict(augmix=True, augmix_alpha=0.0), r'augmix_alpha must be positive, got 0\.0'),
+    (dict(augmix=True, augmix_jsd_weight=-1.0), r'augmix_jsd_weight must be >= 0, got -1\.0'),
+    (dict(augmix=True, method='mixprop'),
+     r"augmix=True: method 'mixprop' does not train on AugMix views; .*'vanilla' and 'ews'"),
+    (dict(augmix=True, method='ews_pgd_at'), r"method 'ews_pgd_at' does not train on AugMix"),
+])
+def test_bad_augmix_settings_fail_before_compiling(overrides, match):
+  config = tiny_config(**overrides)
+  with pytest.raises(ValueError, match=match):
+    methods.get(config.method)(config)
+
+
+def test_without_jsd_one_augmix_view_replaces_the_batch():
+  settings = augmentations.AugMixSettings.from_config(
+      ml_collections.ConfigDict({'augmix': True, 'augmix_jsd_weight': 0.0}))
+  x = _images(n=4)
+  view = jax.jit(settings.views)(x, jax.random.key(0))
+  assert settings.num_views == 1 and view.shape == x.shape and not np.allclose(view, x)
+  logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 10)), jnp.float32)
+  loss, clean = common.augmix_loss(logits, jnp.arange(4), settings)
+  assert clean is logits
+  np.testing.assert_allclose(float(loss), float(common.cross_entropy(logits, jnp.arange(4))))
+  assert augmentations.AugMixSettings.from_config(ml_collections.ConfigDict({})) is None
