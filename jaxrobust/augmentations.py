@@ -36,13 +36,6 @@ AUGMIX_TRANSLATE = 1.0 / 3.0           # AugMix: a third of the image size
 _FILL = 0.5  # AutoAugment fills uncovered pixels with grey (128)
 
 
-_GEOMETRIC = ('rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
-_PHOTOMETRIC = ('identity', 'auto_contrast', 'equalize', 'solarize', 'posterize', 'color',
-                'contrast', 'brightness', 'sharpness')
-AUGMENT_OPS = _PHOTOMETRIC + _GEOMETRIC
-_FILL = 0.5  # AutoAugment fills uncovered pixels with grey (128)
-
-
 def _per_image(v, x):
   return jnp.reshape(v, (-1,) + (1,) * (x.ndim - 1))
 
@@ -222,7 +215,6 @@ def rand_augment(images: jax.Array, rng: jax.Array, num_ops: int = 2,
   return jnp.clip(out, 0.0, 1.0)
 
 
-
 # ------------------------------------------------------------------------------------ AugMix
 
 
@@ -308,12 +300,10 @@ class AugMixSettings:
     _check_int('augmix_width', s.width, range(1, 100), '>= 1')
     if s.depth != -1:
       _check_int('augmix_depth', s.depth, range(1, 100), '-1 (random 1..3) or >= 1')
-    for key, value, lowest in (('augmix_alpha', s.alpha, 'positive'),
-                               ('augmix_jsd_weight', s.jsd_weight, '>= 0')):
-      ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-          value > 0 if lowest == 'positive' else value >= 0)
-      if not ok:
-        raise ValueError(f'{key} must be {lowest}, got {value!r}.')
+    if not (_is_number(s.alpha) and s.alpha > 0):
+      raise ValueError(f'augmix_alpha must be positive, got {s.alpha!r}.')
+    if not (_is_number(s.jsd_weight) and s.jsd_weight >= 0):
+      raise ValueError(f'augmix_jsd_weight must be >= 0, got {s.jsd_weight!r}.')
     return s
 
   @property
@@ -329,6 +319,10 @@ class AugMixSettings:
       return mix(rng)
     k1, k2 = jax.random.split(rng)
     return jnp.concatenate([images, mix(k1), mix(k2)], axis=0)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_int(key, value, allowed, described):
