@@ -43,6 +43,7 @@ from jaxrobust.methods.base import Context  # noqa: E402
 
 CLOCKS = {'wall': time.perf_counter, 'cpu': time.process_time}
 DEFAULT_METHODS = ('advprop:advprop_attack=advprop_pgd1,mixprop,mixup,vanilla:augmix=True,'
+                   'vanilla:device_augment=autoaugment_cifar10;cutout_size=16,'
                    'pgd_at,trades,gnt,ant,auxtrain,ews,ews:augmix=True')
 
 

@@ -11,6 +11,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ''            # TFDS data_dir ('' = TFDS default)
   c.image_size = 0           # 0 = the dataset's own (32 for CIFAR, 224 for ImageNet)
   c.augment = 'auto'         # auto | cifar (pad-4 crop + flip) | imagenet (inception crop) | none
+  # On device, after the host's augment: none | autoaugment_cifar10 | autoaugment_imagenet.
+  c.device_augment = 'none'
+  c.cutout_size = 0          # Cutout square side in pixels after device_augment (0 = off)
   c.train_split = ''
   c.eval_split = ''
   # Model.

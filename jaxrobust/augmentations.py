@@ -1,11 +1,17 @@
-"""On-device image augmentations built from AutoAugment's operations: RandAugment and AugMix.
+"""On-device image augmentations built from AutoAugment's operations: AutoAugment, RandAugment,
+AugMix, and Cutout.
 
 Every operation works per image on float images in [0, 1] with PIL's semantics rescaled from
 0..255; each image draws its own operation, strength and sign. They run inside the jitted step,
 like the corruptions (``jaxrobust.corruptions``), so the host pipeline stays a plain crop + flip.
 
-* :func:`rand_augment` (Cubuk et al. 2019): ``N`` ops drawn uniformly from all of AutoAugment's,
-  at one magnitude (AdvProp's fine-grained ``aux_augment`` domain).
+* :func:`autoaugment` (Cubuk et al. 2019): each image draws one of the 25 two-op sub-policies
+  AutoAugment learned on CIFAR-10 or ImageNet (:data:`AUTOAUGMENT_POLICIES`).
+* :func:`cutout` (DeVries & Taylor 2017): one grey square per image.
+  Both are input augmentations the training loop applies to every method's batch
+  (``config.device_augment``, ``config.cutout_size``; :func:`device_augmentation`).
+* :func:`rand_augment` (Cubuk et al. 2019): ``N`` ops drawn uniformly from AutoAugment's (without
+  invert), at one magnitude (AdvProp's fine-grained ``aux_augment`` domain).
 * :func:`augmix` (Hendrycks et al., "AugMix", ICLR 2020): ``width`` chains of 1-3 ops from the
   operations that do not overlap the test corruptions, mixed with Dirichlet weights and then with
   the original image (a Beta weight); :class:`AugMixSettings` reads the ``augmix*`` config keys
@@ -26,7 +32,8 @@ from jax.scipy import ndimage
 _GEOMETRIC = ('rotate', 'shear_x', 'shear_y', 'translate_x', 'translate_y')
 _PHOTOMETRIC = ('identity', 'auto_contrast', 'equalize', 'solarize', 'posterize', 'color',
                 'contrast', 'brightness', 'sharpness')
-AUGMENT_OPS = _PHOTOMETRIC + _GEOMETRIC
+AUGMENT_OPS = _PHOTOMETRIC + _GEOMETRIC  # RandAugment's
+AUTOAUGMENT_OPS = AUGMENT_OPS + ('invert',)
 # AugMix's operations: AutoAugment's without those that overlap ImageNet-C / CIFAR-10-C's
 # corruptions (color, contrast, brightness, sharpness) and without identity.
 AUGMIX_OPS = ('auto_contrast', 'equalize', 'posterize', 'rotate', 'solarize', 'shear_x',
@@ -143,15 +150,15 @@ def _geometric_inverse(op_index, sign, level, size, ops, translate):
   return out
 
 
-def _augment_once(x, rng, level, ops=AUGMENT_OPS, *, translate=AUTOAUGMENT_TRANSLATE,
-                  posterize_bits=8):
-  """One augmentation layer: every image gets one op drawn uniformly from ``ops``, a random sign.
+def _apply_ops(x, op, sign, level, ops, *, translate, posterize_bits):
+  """Applies op ``ops[op[i]]`` to image ``i``, with sign ``sign[i]`` and strength ``level[i]``.
 
   Args:
     x: [B, H, W, C] images in [0, 1].
-    rng: PRNG key.
-    level: strength in [0, 1], a float or one per image ([B]); every op's range scales with it.
-    ops: the candidate op names (a subset of ``AUGMENT_OPS``; static).
+    op: [B] int indices into ``ops``.
+    sign: [B] +-1, the direction of the signed ops (geometric ones and the enhancements).
+    level: [B] strengths in [0, 1]; every op's range scales with it.
+    ops: the candidate op names (a subset of ``AUTOAUGMENT_OPS``; static).
     translate: the largest shift as a fraction of the image size.
     posterize_bits: bits posterize keeps at level 0; it drops ``floor(4 level)`` more
       (AutoAugment 8, AugMix 4).
@@ -159,11 +166,6 @@ def _augment_once(x, rng, level, ops=AUGMENT_OPS, *, translate=AUTOAUGMENT_TRANS
   Returns:
     The images after one op each.
   """
-  b = x.shape[0]
-  level = jnp.broadcast_to(jnp.asarray(level, x.dtype), (b,))
-  k_op, k_sign = jax.random.split(rng)
-  op = jax.random.randint(k_op, (b,), 0, len(ops))
-  sign = jnp.where(jax.random.bernoulli(k_sign, 0.5, (b,)), 1.0, -1.0).astype(x.dtype)
   enhance = 1.0 + sign * 0.9 * level  # AutoAugment's enhancement factors in [0.1, 1.9]
   # posterize keeps posterize_bits - floor(4 level) of the 8 bits: quantisation step 2^(8 - kept)
   step = _per_image(2.0 ** ((8 - posterize_bits) + jnp.floor(level * 4.0)), x)
@@ -171,6 +173,7 @@ def _augment_once(x, rng, level, ops=AUGMENT_OPS, *, translate=AUTOAUGMENT_TRANS
       'identity': lambda: x,
       'auto_contrast': lambda: _auto_contrast(x),
       'equalize': lambda: _equalize(x),
+      'invert': lambda: 1.0 - x,
       'solarize': lambda: jnp.where(x * 255.0 >= 256.0 * (1.0 - _per_image(level, x)),
                                     1.0 - x, x),  # PIL's threshold
       'posterize': lambda: jnp.floor(jnp.round(x * 255.0) / step) * step / 255.0,
@@ -186,6 +189,25 @@ def _augment_once(x, rng, level, ops=AUGMENT_OPS, *, translate=AUTOAUGMENT_TRANS
     if name in photometric:  # only the ops in use are computed
       out = jnp.where(_per_image(op == i, x), photometric[name](), out)
   return out
+
+
+def _augment_once(x, rng, level, ops=AUGMENT_OPS, *, translate=AUTOAUGMENT_TRANSLATE,
+                  posterize_bits=8):
+  """One augmentation layer: every image gets one op drawn uniformly from ``ops``, a random sign.
+
+  ``level`` is a float or one strength per image ([B]); the other arguments are
+  :func:`_apply_ops`'s.
+  """
+  b = x.shape[0]
+  level = jnp.broadcast_to(jnp.asarray(level, x.dtype), (b,))
+  k_op, k_sign = jax.random.split(rng)
+  op = jax.random.randint(k_op, (b,), 0, len(ops))
+  sign = _random_sign(k_sign, b, x.dtype)
+  return _apply_ops(x, op, sign, level, ops, translate=translate, posterize_bits=posterize_bits)
+
+
+def _random_sign(rng, b, dtype):
+  return jnp.where(jax.random.bernoulli(rng, 0.5, (b,)), 1.0, -1.0).astype(dtype)
 
 
 def rand_augment(images: jax.Array, rng: jax.Array, num_ops: int = 2,
@@ -213,6 +235,161 @@ def rand_augment(images: jax.Array, rng: jax.Array, num_ops: int = 2,
   for i in range(num_ops):
     out = _augment_once(out, jax.random.fold_in(rng, i), level)
   return jnp.clip(out, 0.0, 1.0)
+
+
+# ------------------------------------------------------------------------------- AutoAugment
+# The policies AutoAugment (Cubuk et al. 2019) learned on reduced CIFAR-10 and ImageNet, as
+# torchvision ships them: 25 sub-policies of two steps (op, probability, magnitude bin 0..9, None
+# for ops without a magnitude). Bin m is the fraction m/9 of the op's range (rotate 30 degrees,
+# shear 0.3, translate 150/331 of the size, enhancement factor 1 +- 0.9, posterize down to 4
+# bits, solarize threshold 256 down to 0); rotate, shear, translate and the enhancements take a
+# random sign.
+AUTOAUGMENT_POLICIES = {
+    'cifar10': (
+        (('invert', 0.1, None), ('contrast', 0.2, 6)),
+        (('rotate', 0.7, 2), ('translate_x', 0.3, 9)),
+        (('sharpness', 0.8, 1), ('sharpness', 0.9, 3)),
+        (('shear_y', 0.5, 8), ('translate_y', 0.7, 9)),
+        (('auto_contrast', 0.5, None), ('equalize', 0.9, None)),
+        (('shear_y', 0.2, 7), ('posterize', 0.3, 7)),
+        (('color', 0.4, 3), ('brightness', 0.6, 7)),
+        (('sharpness', 0.3, 9), ('brightness', 0.7, 9)),
+        (('equalize', 0.6, None), ('equalize', 0.5, None)),
+        (('contrast', 0.6, 7), ('sharpness', 0.6, 5)),
+        (('color', 0.7, 7), ('translate_x', 0.5, 8)),
+        (('equalize', 0.3, None), ('auto_contrast', 0.4, None)),
+        (('translate_y', 0.4, 3), ('sharpness', 0.2, 6)),
+        (('brightness', 0.9, 6), ('color', 0.2, 8)),
+        (('solarize', 0.5, 2), ('invert', 0.0, None)),
+        (('equalize', 0.2, None), ('auto_contrast', 0.6, None)),
+        (('equalize', 0.2, None), ('equalize', 0.6, None)),
+        (('color', 0.9, 9), ('equalize', 0.6, None)),
+        (('auto_contrast', 0.8, None), ('solarize', 0.2, 8)),
+        (('brightness', 0.1, 3), ('color', 0.7, 0)),
+        (('solarize', 0.4, 5), ('auto_contrast', 0.9, None)),
+        (('translate_y', 0.9, 9), ('translate_y', 0.7, 9)),
+        (('auto_contrast', 0.9, None), ('solarize', 0.8, 3)),
+        (('equalize', 0.8, None), ('invert', 0.1, None)),
+        (('translate_y', 0.7, 9), ('auto_contrast', 0.9, None)),
+    ),
+    'imagenet': (
+        (('posterize', 0.4, 8), ('rotate', 0.6, 9)),
+        (('solarize', 0.6, 5), ('auto_contrast', 0.6, None)),
+        (('equalize', 0.8, None), ('equalize', 0.6, None)),
+        (('posterize', 0.6, 7), ('posterize', 0.6, 6)),
+        (('equalize', 0.4, None), ('solarize', 0.2, 4)),
+        (('equalize', 0.4, None), ('rotate', 0.8, 8)),
+        (('solarize', 0.6, 3), ('equalize', 0.6, None)),
+        (('posterize', 0.8, 5), ('equalize', 1.0, None)),
+        (('rotate', 0.2, 3), ('solarize', 0.6, 8)),
+        (('equalize', 0.6, None), ('posterize', 0.4, 6)),
+        (('rotate', 0.8, 8), ('color', 0.4, 0)),
+        (('rotate', 0.4, 9), ('equalize', 0.6, None)),
+        (('equalize', 0.0, None), ('equalize', 0.8, None)),
+        (('invert', 0.6, None), ('equalize', 1.0, None)),
+        (('color', 0.6, 4), ('contrast', 1.0, 8)),
+        (('rotate', 0.8, 8), ('color', 1.0, 2)),
+        (('color', 0.8, 8), ('solarize', 0.8, 7)),
+        (('sharpness', 0.4, 7), ('invert', 0.6, None)),
+        (('shear_x', 0.6, 5), ('equalize', 1.0, None)),
+        (('color', 0.4, 0), ('equalize', 0.6, None)),
+        (('equalize', 0.4, None), ('solarize', 0.2, 4)),
+        (('solarize', 0.6, 5), ('auto_contrast', 0.6, None)),
+        (('invert', 0.6, None), ('equalize', 1.0, None)),
+        (('color', 0.6, 4), ('contrast', 1.0, 8)),
+        (('equalize', 0.8, None), ('equalize', 0.6, None)),
+    ),
+}
+
+
+def autoaugment(images: jax.Array, rng: jax.Array, policy: str = 'cifar10') -> jax.Array:
+  """AutoAugment (Cubuk et al. 2019) with one of its learned policies, on device.
+
+  Every image draws one of the policy's 25 sub-policies uniformly; each of its two steps is
+  applied with the step's probability, at the strength of its magnitude bin (``bin / 9`` of the
+  op's range, :data:`AUTOAUGMENT_POLICIES`) and, for the signed ops, a random sign. The ops are
+  :func:`rand_augment`'s plus invert; warps are bilinear with grey fill.
+
+  Args:
+    images: [B, H, W, C] floats in [0, 1].
+    rng: PRNG key.
+    policy: 'cifar10' or 'imagenet' (static).
+
+  Returns:
+    Augmented images, same shape, in [0, 1].
+  """
+  table = AUTOAUGMENT_POLICIES[policy]
+  b = images.shape[0]
+  k_sub, k_steps = jax.random.split(rng)
+  sub = jax.random.randint(k_sub, (b,), 0, len(table))
+  out = images
+  for t in range(2):
+    op_of = jnp.asarray([AUTOAUGMENT_OPS.index(sp[t][0]) for sp in table])
+    prob_of = jnp.asarray([sp[t][1] for sp in table], images.dtype)
+    level_of = jnp.asarray([(sp[t][2] or 0) / 9.0 for sp in table], images.dtype)
+    k_apply, k_sign = jax.random.split(jax.random.fold_in(k_steps, t))
+    applied = jax.random.uniform(k_apply, (b,), images.dtype) < prob_of[sub]
+    op = jnp.where(applied, op_of[sub], AUTOAUGMENT_OPS.index('identity'))
+    out = _apply_ops(out, op, _random_sign(k_sign, b, images.dtype), level_of[sub],
+                     AUTOAUGMENT_OPS, translate=AUTOAUGMENT_TRANSLATE, posterize_bits=8)
+  return jnp.clip(out, 0.0, 1.0)
+
+
+def cutout(images: jax.Array, rng: jax.Array, size: int) -> jax.Array:
+  """Cutout (DeVries & Taylor 2017): a ``size`` x ``size`` grey square per image.
+
+  The square's centre is uniform over the image and the square is clipped at the border, as in
+  the reference code (which zeroes normalised pixels, i.e. the mean colour: grey here).
+
+  Args:
+    images: [B, H, W, C] floats in [0, 1].
+    rng: PRNG key.
+    size: the square's side in pixels (static, >= 0; 0 is the identity).
+
+  Returns:
+    The images with one square each set to 0.5.
+  """
+  if size == 0:
+    return images
+  b, h, w, _ = images.shape
+  k_y, k_x = jax.random.split(rng)
+  cy = jax.random.randint(k_y, (b, 1, 1, 1), 0, h)
+  cx = jax.random.randint(k_x, (b, 1, 1, 1), 0, w)
+  rows = jnp.arange(h)[None, :, None, None]
+  cols = jnp.arange(w)[None, None, :, None]
+  lo = size // 2
+  inside = ((rows >= cy - lo) & (rows < cy - lo + size) &
+            (cols >= cx - lo) & (cols < cx - lo + size))
+  return jnp.where(inside, jnp.asarray(_FILL, images.dtype), images)
+
+
+# Training-batch augmentations the loop applies on device before any method's step
+# (``config.device_augment``; ``config.cutout_size`` adds Cutout after it).
+DEVICE_AUGMENTATIONS = ('none', 'autoaugment_cifar10', 'autoaugment_imagenet')
+
+
+def device_augmentation(config):
+  """``f(images, rng) -> images`` for ``config.device_augment`` and ``config.cutout_size``,
+  or None when both are off.
+
+  Raises:
+    ValueError: for an unknown ``device_augment`` or a negative / non-integer ``cutout_size``.
+  """
+  name = config.get('device_augment', 'none')
+  if name not in DEVICE_AUGMENTATIONS:
+    raise ValueError(f'Unknown device_augment {name!r}; valid: {", ".join(DEVICE_AUGMENTATIONS)}.')
+  size = config.get('cutout_size', 0)
+  _check_int('cutout_size', size, range(0, 1 << 16), '>= 0 (pixels; 0 = no Cutout)')
+  if name == 'none' and size == 0:
+    return None
+  policy = name.split('_', 1)[1] if name != 'none' else None
+
+  def augment(images, rng):
+    k_policy, k_cutout = jax.random.split(rng)
+    if policy is not None:
+      images = autoaugment(images, k_policy, policy)
+    return cutout(images, k_cutout, size)
+  return augment
 
 
 # ------------------------------------------------------------------------------------ AugMix

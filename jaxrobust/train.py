@@ -18,12 +18,13 @@ import numpy as np
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
-from jaxrobust import checkpointing, data, methods, models, optim, parallel
+from jaxrobust import augmentations, checkpointing, data, methods, models, optim, parallel
 from jaxrobust.evaluation import clean
 from jaxrobust.methods.base import Context
 from jaxrobust.train_state import TrainState
 
 NONFINITE_POLICIES = ('stop', 'skip')
+_AUGMENT_TAG = 0xA06  # fold_in tag: the device augmentation's key, apart from the method's
 
 
 class NonFiniteError(FloatingPointError):
@@ -75,6 +76,7 @@ def validate_config(config) -> None:
   _check_choice(config, 'nonfinite', NONFINITE_POLICIES, 'stop')
   _check_choice(config, 'stem', ('auto', 'cifar', 'imagenet'), 'auto')
   _check_choice(config, 'augment', ('auto',) + data.AUGMENTATIONS, 'auto')
+  augmentations.device_augmentation(config)     # device_augment, cutout_size
   for key in ('batch_size', 'eval_batch_size'):
     _check_number(config, key, low=0, low_open=True, integer=True, default=1)
   _check_number(config, 'num_epochs', low=0, low_open=True)
@@ -159,6 +161,10 @@ def _state_is_finite(state) -> jax.Array:
 def make_train_step(method, config, mesh):
   """``jit(shard_map(step))``: state replicated and donated, batch sharded over ``'batch'``.
 
+  With ``config.device_augment`` or ``config.cutout_size`` set, the batch's images are first
+  augmented on device (:func:`augmentations.device_augmentation`, a key of their own per step
+  and device), so every method trains on AutoAugment / Cutout images without knowing it.
+
   Besides the method's metrics the step returns ``finite`` (1.0 iff every metric and every
   float of the new params/opt_state/batch_stats is finite) and ``state_finite`` (the latter
   alone). With ``config.nonfinite='skip'`` a non-finite update is dropped: the state keeps its
@@ -166,10 +172,13 @@ def make_train_step(method, config, mesh):
   """
   sync = config.get('sync_batch_stats', False)
   skip_nonfinite = config.get('nonfinite', 'stop') == 'skip'
+  augment = augmentations.device_augmentation(config)
 
   def body(state, batch):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                              jax.lax.axis_index(parallel.AXIS))
+    if augment is not None:  # the input pipeline's on-device part; the method sees its output
+      batch = {**batch, 'image': augment(batch['image'], jax.random.fold_in(rng, _AUGMENT_TAG))}
     new_state, metrics = method.train_step(state, batch, rng)
     if not sync:  # per-device batch statistics; keep one (averaged) copy of the running ones
       new_state = new_state.replace(batch_stats=parallel.pmean(new_state.batch_stats))

@@ -172,3 +172,117 @@ def test_without_jsd_one_augmix_view_replaces_the_batch():
   assert clean is logits
   np.testing.assert_allclose(float(loss), float(common.cross_entropy(logits, jnp.arange(4))))
   assert augmentations.AugMixSettings.from_config(ml_collections.ConfigDict({})) is None
+
+
+# --------------------------------------------------------------------- AutoAugment and Cutout
+
+_NO_MAGNITUDE = ('auto_contrast', 'equalize', 'invert')
+
+
+@pytest.mark.parametrize('policy', sorted(augmentations.AUTOAUGMENT_POLICIES))
+def test_autoaugment_policy_tables_are_well_formed(policy):
+  table = augmentations.AUTOAUGMENT_POLICIES[policy]
+  assert len(table) == 25 and all(len(sub) == 2 for sub in table)
+  for op, prob, magnitude in (step for sub in table for step in sub):
+    assert op in augmentations.AUTOAUGMENT_OPS and 0.0 <= prob <= 1.0
+    assert (magnitude is None) == (op in _NO_MAGNITUDE), (op, magnitude)
+    assert magnitude is None or magnitude in range(10)
+
+
+def _with_policy(monkeypatch, *sub_policies):
+  """``f(x, key)``: autoaugment with a made-up policy (a fresh name: jit caches by name)."""
+  name = f'test{len(augmentations.AUTOAUGMENT_POLICIES)}'
+  monkeypatch.setitem(augmentations.AUTOAUGMENT_POLICIES, name, tuple(sub_policies))
+  fn = jax.jit(augmentations.autoaugment, static_argnums=2)
+  return lambda x, key: fn(x, key, name)
+
+
+def test_autoaugment_applies_each_step_with_its_probability_and_magnitude(monkeypatch):
+  x = _images(n=400)
+  never = ('invert', 0.0, None)
+  # Probability 1 then 0: every image inverted exactly once.
+  out = _with_policy(monkeypatch, (('invert', 1.0, None), never))(x, jax.random.key(0))
+  np.testing.assert_allclose(np.asarray(out), 1.0 - np.asarray(x), atol=1e-6)
+  # Probability 0.3: about 30% of the images are inverted, the others untouched.
+  out = np.asarray(_with_policy(monkeypatch, (('invert', 0.3, None), never))(
+      x, jax.random.key(1)))
+  inverted = np.all(np.isclose(out, 1.0 - np.asarray(x), atol=1e-6), axis=(1, 2, 3))
+  untouched = np.all(np.isclose(out, np.asarray(x), atol=1e-6), axis=(1, 2, 3))
+  assert np.all(inverted ^ untouched) and 0.24 < inverted.mean() < 0.36
+  # Two sub-policies drawn uniformly per image: invert, or brightness at bin 0 (the identity).
+  out = np.asarray(_with_policy(monkeypatch, (('invert', 1.0, None), never),
+                                (('brightness', 1.0, 0), never))(x, jax.random.key(2)))
+  inverted = np.all(np.isclose(out, 1.0 - np.asarray(x), atol=1e-6), axis=(1, 2, 3))
+  assert 0.42 < inverted.mean() < 0.58
+  # Bin 7 of posterize keeps 8 - round(4 * 7 / 9) = 5 bits: multiples of 8 / 255.
+  post = np.asarray(_with_policy(monkeypatch, (('posterize', 1.0, 7), never))(
+      x, jax.random.key(3))) * 255
+  np.testing.assert_allclose(post, np.round(post / 8) * 8, atol=1e-3)
+  assert not np.allclose(post, np.round(post / 16) * 16, atol=1e-3)
+  # The second step runs after the first: invert twice is the identity.
+  out = _with_policy(monkeypatch, (('invert', 1.0, None), ('invert', 1.0, None)))(
+      x, jax.random.key(4))
+  np.testing.assert_allclose(np.asarray(out), np.asarray(x), atol=1e-6)
+
+
+def test_autoaugment_with_the_learned_policies():
+  x = _images(n=64)
+  for policy in ('cifar10', 'imagenet'):
+    fn = jax.jit(augmentations.autoaugment, static_argnums=2)
+    out = np.asarray(fn(x, jax.random.key(0), policy))
+    assert out.shape == x.shape and out.min() >= 0.0 and out.max() <= 1.0
+    np.testing.assert_array_equal(out, np.asarray(fn(x, jax.random.key(0), policy)))
+    changed = np.abs(out - np.asarray(x)).reshape(64, -1).max(-1) > 1e-6
+    assert 0.5 < changed.mean() < 1.0  # most sub-policies change the image; some steps skip
+
+
+def test_cutout_greys_one_clipped_square_per_image():
+  x = _images(n=64, size=12) * 0.4  # no pixel is 0.5 before Cutout
+  out = np.asarray(jax.jit(augmentations.cutout, static_argnums=2)(x, jax.random.key(0), 4))
+  grey = np.all(out == 0.5, axis=-1)
+  for i in range(64):
+    rows, cols = np.nonzero(grey[i])
+    assert 0 < len(rows) <= 16
+    # A (clipped) rectangle: its bounding box is filled, at most 4 wide, and only the border
+    # clips it.
+    height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    assert len(rows) == height * width and height <= 4 and width <= 4
+    assert height == 4 or rows.min() == 0 or rows.max() == 11
+    np.testing.assert_array_equal(out[i][~grey[i]], np.asarray(x[i])[~grey[i]])
+  assert augmentations.cutout(x, jax.random.key(0), 0) is x
+
+
+def test_the_loop_augments_the_batch_before_the_method_step():
+  # The step with device_augment + Cutout equals the plain step on the augmented images, made
+  # with the loop's own key: the method's key is untouched.
+  config, mesh, m, _, state = method_on_tiny_model(
+      'vanilla', device_augment='autoaugment_cifar10', cutout_size=4)
+  plain_config, _, plain, _, _ = method_on_tiny_model('vanilla')
+  host = parallel.to_host(state)
+  m.train_step = chex.assert_max_traces(m.train_step, n=1)
+  step = train.make_train_step(m, config, mesh)
+  batch = random_batch()
+  new_state, metrics = step(parallel.replicate(host, mesh), parallel.shard_batch(batch, mesh))
+  new_params = parallel.to_host(new_state.params)
+  step(new_state, parallel.shard_batch(random_batch(1), mesh))  # no retrace (state donated)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(host.rng, 0), 0),
+                           train._AUGMENT_TAG)
+  augmented = augmentations.device_augmentation(config)(jnp.asarray(batch['image']), key)
+  assert not np.allclose(np.asarray(augmented), batch['image'])
+  expected_state, expected = train.make_train_step(plain, plain_config, mesh)(
+      parallel.replicate(host, mesh),
+      parallel.shard_batch({**batch, 'image': np.asarray(augmented)}, mesh))
+  np.testing.assert_allclose(float(metrics['loss']), float(expected['loss']), rtol=1e-6)
+  chex.assert_trees_all_close(new_params, parallel.to_host(expected_state.params),
+                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('overrides,match', [
+    (dict(device_augment='autoaugment'),
+     r"Unknown device_augment 'autoaugment'; valid: none, autoaugment_cifar10, "
+     r"autoaugment_imagenet"),
+    (dict(cutout_size=-2), r'cutout_size must be an integer >= 0 .*got -2'),
+])
+def test_bad_device_augmentation_fails_before_compiling(overrides, match):
+  with pytest.raises(ValueError, match=match):
+    train.validate_config(tiny_config(**overrides))

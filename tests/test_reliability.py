@@ -546,6 +546,9 @@ BAD_INPUTS = [
     ('nonfinite', 'config', {'nonfinite': 'ignore'}, r"Unknown nonfinite 'ignore'; valid: stop, skip"),
     ('augment', 'config', {'augment': 'randaugment'},
      r"Unknown augment 'randaugment'; valid: auto, cifar, imagenet, none"),
+    ('device_augment', 'config', {'device_augment': 'randaugment'},
+     r"Unknown device_augment 'randaugment'; valid: none, autoaugment_cifar10, "
+     r"autoaugment_imagenet"),
     ('stem', 'config', {'stem': 'patchify'}, r"Unknown stem 'patchify'; valid: auto, cifar"),
     ('batch_not_divisible', 'config', {'batch_size': 100},
      r'batch_size=100 must be a positive multiple of the number of devices \(8\): try 96'),

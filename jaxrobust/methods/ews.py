@@ -84,9 +84,11 @@ the subnet.
 paper's CIFAR setting is ``augmix_severity=5`` with the JSD loss, ``configs/ews_augmix_cifar.py``):
 the full network trains on ``[x; augmix(x); augmix(x)]`` with AugMix's loss
 ``CE(M(x), y) + 12 JS(M(x), M(view 1), M(view 2))`` (``methods.common.augmix_loss``), and the
-subnet distils from the full network on all 3B images. Not implemented: AutoAugment's fixed
-policies and DeepAugment (RandAugment, ``jaxrobust.augmentations.rand_augment``, is AdvProp's
-stand-in for AutoAugment).
+subnet distils from the full network on all 3B images. **AutoAugment** (the CIFAR-10 policy,
+then Cutout; ``configs/ews_autoaugment_cifar.py``) is an input augmentation the training loop
+applies before this step (``config.device_augment``), so the full network and the subnet see
+the same augmented batch. Not implemented: DeepAugment (it needs pretrained image-to-image
+networks).
 """
 
 from __future__ import annotations
