@@ -87,7 +87,8 @@ the full network trains on ``[x; augmix(x); augmix(x)]`` with AugMix's loss
 subnet distils from the full network on all 3B images. **AutoAugment** (the CIFAR-10 policy,
 then Cutout; ``configs/ews_autoaugment_cifar.py``) is an input augmentation the training loop
 applies before this step (``config.device_augment``), so the full network and the subnet see
-the same augmented batch. Not implemented: DeepAugment (it needs pretrained image-to-image
+the same augmented batch (the search's subset ``D_s`` keeps the host's crop and flip only). Not
+implemented: DeepAugment (it needs pretrained image-to-image
 networks).
 """
 
