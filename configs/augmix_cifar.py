@@ -17,7 +17,7 @@ On the local CIFAR-10 copy with the CPU-sized recipe:
       --config.nesterov=False
 """
 
-from configs import ews_cifar
+from configs import default, ews_cifar
 
 
 def add_augmix_keys(c, *, severity: int = 5):
@@ -32,8 +32,6 @@ def add_augmix_keys(c, *, severity: int = 5):
 
 
 def get_config():
-  c = ews_cifar.get_config()  # EWS's CIFAR recipe (ResNet-50, 400 epochs, step schedule)
+  c = ews_cifar.recipe(default.get_config())  # ResNet-50, 400 epochs, step schedule
   c.method = 'vanilla'
-  for key in [k for k in c.keys() if k.startswith(('ews_', 'awp_'))]:
-    del c[key]
   return add_augmix_keys(c)

@@ -19,7 +19,7 @@ On the local CIFAR-10 copy with the CPU-sized recipe:
       --config.nesterov=False
 """
 
-from configs import ews_cifar
+from configs import default, ews_cifar
 
 
 def add_autoaugment_keys(c):
@@ -30,8 +30,6 @@ def add_autoaugment_keys(c):
 
 
 def get_config():
-  c = ews_cifar.get_config()  # EWS's CIFAR recipe (ResNet-50, 400 epochs, step schedule)
+  c = ews_cifar.recipe(default.get_config())  # ResNet-50, 400 epochs, step schedule
   c.method = 'vanilla'
-  for key in [k for k in c.keys() if k.startswith(('ews_', 'awp_'))]:
-    del c[key]
   return add_autoaugment_keys(c)

@@ -53,9 +53,8 @@ def add_ews_keys(c, *, lam: float = 1.0):
   return c
 
 
-def get_config():
-  c = default.get_config()
-  c.method = 'ews'
+def recipe(c):
+  """EWS's CIFAR-10 schedule (supplementary D), shared with its baselines without EWS."""
   c.dataset = 'cifar10'
   c.model = 'resnet50'
   c.num_epochs = 400.0
@@ -66,4 +65,10 @@ def get_config():
   c.lr_schedule = 'step'
   c.lr_boundaries = (400.0 / 3, 800.0 / 3)  # 0.1 -> 0.01 -> 0.001 at 1/3 and 2/3 (supp. D)
   c.lr_decay_factor = 0.1
+  return c
+
+
+def get_config():
+  c = recipe(default.get_config())
+  c.method = 'ews'
   return add_ews_keys(c)
