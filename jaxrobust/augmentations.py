@@ -241,9 +241,9 @@ def rand_augment(images: jax.Array, rng: jax.Array, num_ops: int = 2,
 # The policies AutoAugment (Cubuk et al. 2019) learned on reduced CIFAR-10 and ImageNet, as
 # torchvision ships them: 25 sub-policies of two steps (op, probability, magnitude bin 0..9, None
 # for ops without a magnitude). Bin m is the fraction m/9 of the op's range (rotate 30 degrees,
-# shear 0.3, translate 150/331 of the size, enhancement factor 1 +- 0.9, posterize down to 4
-# bits, solarize threshold 256 down to 0); rotate, shear, translate and the enhancements take a
-# random sign.
+# shear 0.3, translate 150/331 of the size, enhancement factor 1 +- 0.9, solarize threshold 256
+# down to 0; posterize keeps 8 - round(4m/9) bits); rotate, shear, translate and the
+# enhancements take a random sign.
 AUTOAUGMENT_POLICIES = {
     'cifar10': (
         (('invert', 0.1, None), ('contrast', 0.2, 6)),
@@ -326,13 +326,20 @@ def autoaugment(images: jax.Array, rng: jax.Array, policy: str = 'cifar10') -> j
   for t in range(2):
     op_of = jnp.asarray([AUTOAUGMENT_OPS.index(sp[t][0]) for sp in table])
     prob_of = jnp.asarray([sp[t][1] for sp in table], images.dtype)
-    level_of = jnp.asarray([(sp[t][2] or 0) / 9.0 for sp in table], images.dtype)
+    level_of = jnp.asarray([_autoaugment_level(*sp[t][::2]) for sp in table], images.dtype)
     k_apply, k_sign = jax.random.split(jax.random.fold_in(k_steps, t))
     applied = jax.random.uniform(k_apply, (b,), images.dtype) < prob_of[sub]
     op = jnp.where(applied, op_of[sub], AUTOAUGMENT_OPS.index('identity'))
     out = _apply_ops(out, op, _random_sign(k_sign, b, images.dtype), level_of[sub],
                      AUTOAUGMENT_OPS, translate=AUTOAUGMENT_TRANSLATE, posterize_bits=8)
   return jnp.clip(out, 0.0, 1.0)
+
+
+def _autoaugment_level(op: str, magnitude: Optional[int]) -> float:
+  """The strength of magnitude bin ``m``: ``m / 9``; posterize drops ``round(4 m / 9)`` bits
+  (torchvision's table), which ``floor(4 level)`` in :func:`_apply_ops` gives at this level."""
+  m = magnitude or 0
+  return round(4 * m / 9) / 4 if op == 'posterize' else m / 9
 
 
 def cutout(images: jax.Array, rng: jax.Array, size: int) -> jax.Array:

@@ -219,6 +219,10 @@ def test_autoaugment_applies_each_step_with_its_probability_and_magnitude(monkey
       x, jax.random.key(3))) * 255
   np.testing.assert_allclose(post, np.round(post / 8) * 8, atol=1e-3)
   assert not np.allclose(post, np.round(post / 16) * 16, atol=1e-3)
+  # Bin 8 keeps 8 - round(32 / 9) = 4 bits (torchvision's table; floor would keep 5).
+  post = np.asarray(_with_policy(monkeypatch, (('posterize', 1.0, 8), never))(
+      x, jax.random.key(3))) * 255
+  np.testing.assert_allclose(post, np.round(post / 16) * 16, atol=1e-3)
   # The second step runs after the first: invert twice is the identity.
   out = _with_policy(monkeypatch, (('invert', 1.0, None), ('invert', 1.0, None)))(
       x, jax.random.key(4))
