@@ -179,13 +179,14 @@ def format_table(results: Sequence[StepCost], clock: str = 'wall',
                  steps_per_epoch: int = 390) -> str:
   """Plain text: method, overrides, ms/step, images/s, x vanilla, theory (+ EWS search)."""
   r0 = results[0]
+  overrides = [';'.join(f'{k}={v}' for k, v in r.overrides.items()) or '-' for r in results]
+  width = max([30] + [len(ov) for ov in overrides])  # columns stay aligned for long overrides
   lines = [f'{r0.model}, batch {r0.batch_size}, {jax.default_backend()} x {r0.num_devices} '
            f'device(s), {clock} clock',
-           f'{"method":<10} {"overrides":<30} {"compile s":>9} {"ms/step":>9} {"img/s":>8} '
+           f'{"method":<10} {"overrides":<{width}} {"compile s":>9} {"ms/step":>9} {"img/s":>8} '
            f'{"x vanilla":>10} {"theory":>7}']
-  for r in results:
-    ov = ';'.join(f'{k}={v}' for k, v in r.overrides.items()) or '-'
-    lines.append(f'{r.method:<10} {ov:<30} {r.compile_seconds:>9.1f} '
+  for r, ov in zip(results, overrides):
+    lines.append(f'{r.method:<10} {ov:<{width}} {r.compile_seconds:>9.1f} '
                  f'{1e3 * r.seconds_per_step:>9.2f} {r.images_per_second:>8.1f} '
                  f'{r.relative:>10.2f} {r.theoretical_passes:>7.2f}')
   for r in results:
