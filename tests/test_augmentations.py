@@ -238,6 +238,14 @@ def test_autoaugment_with_the_learned_policies():
     np.testing.assert_array_equal(out, np.asarray(fn(x, jax.random.key(0), policy)))
     changed = np.abs(out - np.asarray(x)).reshape(64, -1).max(-1) > 1e-6
     assert 0.5 < changed.mean() < 1.0  # most sub-policies change the image; some steps skip
+  # device_augment: the policy, then Cutout, each with its half of the key.
+  config = ml_collections.ConfigDict({'device_augment': 'autoaugment_cifar10', 'cutout_size': 3})
+  k_policy, k_cutout = jax.random.split(jax.random.key(5))
+  expected = augmentations.cutout(fn(x, k_policy, 'cifar10'), k_cutout, 3)
+  np.testing.assert_allclose(
+      np.asarray(jax.jit(augmentations.device_augmentation(config))(x, jax.random.key(5))),
+      np.asarray(expected), atol=1e-5)
+  assert augmentations.device_augmentation(ml_collections.ConfigDict({})) is None
 
 
 def test_cutout_greys_one_clipped_square_per_image():
@@ -257,10 +265,9 @@ def test_cutout_greys_one_clipped_square_per_image():
 
 
 def test_the_loop_augments_the_batch_before_the_method_step():
-  # The step with device_augment + Cutout equals the plain step on the augmented images, made
-  # with the loop's own key: the method's key is untouched.
-  config, mesh, m, _, state = method_on_tiny_model(
-      'vanilla', device_augment='autoaugment_cifar10', cutout_size=4)
+  # The step with Cutout (the cheapest device augmentation to compile) equals the plain step on
+  # the augmented images, made with the loop's own key: the method's key is untouched.
+  config, mesh, m, _, state = method_on_tiny_model('vanilla', cutout_size=4)
   plain_config, _, plain, _, _ = method_on_tiny_model('vanilla')
   host = parallel.to_host(state)
   m.train_step = chex.assert_max_traces(m.train_step, n=1)
