@@ -8,7 +8,8 @@ K = 10 epochs on 10% of the training data with C = 8 subnets per controller step
     python -m jaxrobust.main --config=configs/ews_cifar.py --workdir=/tmp/ews_cifar
 
 On the local CIFAR-10 copy with the CPU-sized recipe (searching every epoch, so that the
-5-epoch run searches 5 times; plain momentum like the vanilla baseline of that recipe):
+5-epoch run searches after each of its first 4 epochs; plain momentum like the vanilla baseline
+of that recipe):
 
     python -m jaxrobust.main --config=configs/ews_cifar.py --workdir=/tmp/ews_small \
       --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
@@ -17,6 +18,8 @@ On the local CIFAR-10 copy with the CPU-sized recipe (searching every epoch, so 
 
 Search baselines of Table 5: ``--config.ews_search=random`` / ``--config.ews_search=l1``.
 """
+
+import ml_collections
 
 from configs import default
 
@@ -34,6 +37,9 @@ def add_ews_keys(c, *, lam: float = 1.0):
   c.ews_search_num_subnets = 8       # C subnets per controller step (supplementary D)
   c.ews_search_on = 'auto'           # auto (= adversarial for AT bases) | clean | adversarial
   c.ews_search_attack = 'madry_pgd10'  # adversarial search of the natural base (section 3.4.1)
+  c.ews_search_eps = ml_collections.FieldReference(None, field_type=float)        # None = preset
+  c.ews_search_step_size = ml_collections.FieldReference(None, field_type=float)  # None = preset
+  c.ews_search_num_steps = ml_collections.FieldReference(None, field_type=int)    # None = preset
   c.ews_search_craft_bn = 'batch'
   # Controller (supplementary A: LSTM with hidden size 100, 100-d embeddings). The paper gives
   # no optimiser settings; Adam, an entropy bonus and a moving-average baseline as in ENAS.

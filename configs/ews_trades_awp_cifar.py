@@ -16,7 +16,7 @@ from configs.ews_cifar import add_ews_keys
 def get_config():
   c = add_ews_keys(trades_cifar.get_config())
   c.method = 'ews_trades'
-  c.awp_base = 'trades'
+  c.awp_base = 'trades'  # read by method 'awp' only: the docstring's TRADES-AWP without EWS
   c.awp_gamma = 5e-3
   c.awp_warmup_epochs = 10.0
   return c

@@ -153,9 +153,23 @@ def _all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
+def _saved_trees(state):
+  """What an update may change and a checkpoint keeps: ``step`` and ``rng`` aside, everything."""
+  return (state.params, state.opt_state, state.batch_stats, state.extras)
+
+
 @jax.jit
 def _state_is_finite(state) -> jax.Array:
-  return _all_finite((state.params, state.opt_state, state.batch_stats))
+  return _all_finite(_saved_trees(state))
+
+
+def step_key(run_key, step, device) -> jax.Array:
+  """The key of a step on a device: ``fold_in(fold_in(run_key, step), device)``.
+
+  Draws shared by every device, or made outside the step, come from
+  :func:`jaxrobust.methods.common.stream_key` instead, which never returns one of these.
+  """
+  return jax.random.fold_in(jax.random.fold_in(run_key, step), device)
 
 
 def make_train_step(method, config, mesh):
@@ -166,17 +180,16 @@ def make_train_step(method, config, mesh):
   and device), so every method trains on AutoAugment / Cutout images without knowing it.
 
   Besides the method's metrics the step returns ``finite`` (1.0 iff every metric and every
-  float of the new params/opt_state/batch_stats is finite) and ``state_finite`` (the latter
-  alone). With ``config.nonfinite='skip'`` a non-finite update is dropped: the state keeps its
-  previous values and only ``step`` advances.
+  float of the new params/opt_state/batch_stats/extras is finite) and ``state_finite`` (the
+  latter alone). With ``config.nonfinite='skip'`` a non-finite update is dropped: the state
+  keeps its previous values and only ``step`` advances.
   """
   sync = config.get('sync_batch_stats', False)
   skip_nonfinite = config.get('nonfinite', 'stop') == 'skip'
   augment = augmentations.device_augmentation(config)
 
   def body(state, batch):
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
-                             jax.lax.axis_index(parallel.AXIS))
+    rng = step_key(state.rng, state.step, jax.lax.axis_index(parallel.AXIS))
     if augment is not None:  # the input pipeline's on-device part; the method sees its output
       batch = {**batch, 'image': augment(batch['image'], jax.random.fold_in(rng, _AUGMENT_TAG))}
     new_state, metrics = method.train_step(state, batch, rng)
@@ -185,8 +198,7 @@ def make_train_step(method, config, mesh):
     metrics = parallel.pmean(metrics)
     metrics_finite = _all_finite(metrics)
     # A finite loss can still come with an overflowing gradient/update: check what gets saved.
-    state_finite = jax.lax.pmin(_all_finite(
-        (new_state.params, new_state.opt_state, new_state.batch_stats)).astype(jnp.int32),
+    state_finite = jax.lax.pmin(_all_finite(_saved_trees(new_state)).astype(jnp.int32),
                                 parallel.AXIS) > 0
     finite = jnp.logical_and(metrics_finite, state_finite)
     if skip_nonfinite:  # drop the update, keep counting steps
@@ -401,8 +413,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       pending.append((step, metrics))
       in_flight.add(metrics['finite'])  # bounds how far a stop request lags the device
       done = step + 1
-      for hook in hooks:
-        if done % hook.every_steps == 0:
+      for hook in hooks:  # a hook prepares later steps: none runs after the last one
+        if done % hook.every_steps == 0 and done < total_steps:
           state = hook.fn(state)
       at_log = done % log_every == 0 or done == total_steps
       at_ckpt = done % ckpt_every == 0
@@ -424,15 +436,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      total_steps, done / steps_per_epoch, means.get('loss', float('nan')), rate,
                      _format_eta(eta))
         pending, window_start, window_step = [], time.time(), done
-      if done % eval_every == 0 and done != total_steps:
-        eval_results = run_eval(done)
-      if at_ckpt or stop:
+      if at_ckpt or stop:  # before any evaluation: a preemption's grace period is short
         save(done)
       if stop:
         stopped_by = preemption.signal_name or 'stop request'
         logging.warning('Received %s: saved the checkpoint at step %d; exiting. Run the same '
                         'command again to resume.', stopped_by, done)
         break
+      if done % eval_every == 0 and done != total_steps:
+        eval_results = run_eval(done)
     else:
       done = total_steps
     if stopped_by is None:

@@ -1,5 +1,6 @@
 """Auxiliary Training: selective BN, distillation direction, weight merging, export, e2e."""
 
+import dataclasses
 import functools
 
 import chex
@@ -293,6 +294,20 @@ def test_adversarial_variant_trains_primary_on_pgd_examples(base):
   chex.assert_trees_all_close(parallel.to_host(state.batch_stats[MAIN]), adv_stats[MAIN],
                               rtol=1e-4, atol=1e-5)
   assert np.isfinite(float(metrics['loss']))
+
+
+def test_adversarial_variant_crafts_through_dropout(base):
+  """A WideResNet with dropout: crafting gets its own dropout key (it used to get none)."""
+  _, _, m, _, _ = _variant(base, auxtrain_adversarial=True, auxtrain_attack='advprop_pgd1')
+  model = models.create_model('wrn10_1', num_classes=10, dropout_rate=0.3)
+  m.setup(dataclasses.replace(m.ctx, model=model))
+  params, batch_stats = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 3),
+                                              [MAIN])
+  batch = _batches(1)[0]
+  x, y = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
+  x_adv = jax.jit(m.primary_inputs)(params, batch_stats, x, y, jax.random.PRNGKey(1))
+  assert float(jnp.max(jnp.abs(x_adv - x))) <= 1 / 255 + 1e-6
+  assert not np.allclose(x_adv, x)
 
 
 # ----------------------------------------------------------------------------- config

@@ -101,6 +101,47 @@ def test_official_corruption_sets_through_the_same_path(trained, tmp_path):
   assert all(0.0 <= e <= 1.0 for e in res['errors']['fog'].values())
 
 
+def test_every_suite_reads_only_this_process_slice(trained, monkeypatch):
+  # With several processes each must feed its own part of the split, not the whole split.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  real, calls = runner.data.eval_iterator, []
+
+  def recording(info, **kwargs):
+    calls.append(kwargs)
+    return real(info, **kwargs)
+
+  monkeypatch.setattr(runner.data, 'eval_iterator', recording)
+  run = runner.load_run(trained)
+  runner.clean_suite(run, max_examples=16)
+  list(run.batches(max_examples=16))
+  with tfds.testing.mock_data(num_examples=20):
+    runner.tfds_corruption_suite(run, names=['fog'], severities=(1,), max_examples=16)
+  assert len(calls) == 3
+  for kwargs in calls:
+    assert kwargs['process_index'] == jax.process_index()
+    assert kwargs['process_count'] == jax.process_count()
+    assert 'data_dir' in kwargs
+
+
+def test_the_eps_curve_is_one_compiled_program(trained, monkeypatch):
+  # eps and the step size are traced inputs, so a sweep does not recompile the attack per eps.
+  real, traces = runner.attacks.get, []
+
+  def counting(name):
+    attack = real(name)
+    def traced_attack(*args, **kwargs):
+      traces.append(kwargs['eps'])
+      return attack(*args, **kwargs)
+    return traced_attack
+
+  monkeypatch.setattr(runner.attacks, 'get', counting)
+  run = runner.load_run(trained)
+  out = runner.attack_suite(run, names=(), max_examples=8, eps_curve=(1 / 255, 2 / 255, 4 / 255))
+  assert len(out['curve']['accuracy']) == 3 and len(traces) == 1
+  with pytest.raises(ValueError, match='eps=-0.1 is out of range'):
+    runner.attack_suite(run, names=(), max_examples=8, eps_curve=(-0.1,))
+
+
 def test_a_run_saved_on_eight_devices_loads_on_two(trained):
   # The checkpoint is read as numpy, so evaluation does not need the training topology.
   full = runner.load_run(trained)

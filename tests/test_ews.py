@@ -169,14 +169,19 @@ def test_controller_restart_makes_every_search_start_afresh():
                             ews_entropy_weight=0.0, ews_controller_restart=restart)
     m.subnet_rewards = _toy_reward
     (hook,) = m.hooks()
+    initial = _p_residual(m, state)
     state = hook.fn(state)
     first = _p_residual(m, state)
-    state = hook.fn(state)
-    progress[restart] = (first, _p_residual(m, state))
-  (first, carried), (first_again, restarted) = progress[False], progress[True]
+    # where the second search starts: the first one's end, or a fresh controller
+    start = m._compiled_search()['restart'](jax.tree.map(jnp.copy, state)) if restart else state
+    progress[restart] = (initial, first, _p_residual(m, start), _p_residual(m, hook.fn(state)))
+  (initial, first, start, carried), (_, first_again, fresh, restarted) = (progress[False],
+                                                                        progress[True])
   assert first == pytest.approx(first_again)  # the first search starts from the initial one
+  assert first > initial + 0.03, progress     # and learns
   assert carried > first + 0.05, progress     # carried on: the second search goes further
-  assert abs(restarted - first) < 0.05, progress  # restarted: it ends where the first did
+  assert abs(fresh - initial) < 0.03, progress  # restarted: from a fresh controller...
+  assert restarted > fresh + 0.03, progress     # ...that learns again
 
 
 def test_search_restarts_the_baseline_at_every_search():
@@ -315,6 +320,11 @@ def test_digits_end_to_end_with_a_search(tmp_path):
   last = [r for r in rows if r['kind'] == 'train'][-1]
   assert last['search_count'] >= 3  # searches after steps 6, 12, 18
   assert 0.0 <= last['search_controller_accuracy'] <= 1.0 and last['subnet_kl'] > 0
+  # the command line's analysis of the run: random and controller subnets
+  res = subnet_analysis.analyse_run(str(tmp_path), num_subnets=3, rho=0.25, max_examples=64)
+  assert set(res['subnets']) == {'random', 'controller'}
+  assert res['rho'] == 0.25 and res['controller_rho'] == 0.5
+  assert len(res['subnets']['controller']['clean']['accuracy']) == 3
 
 
 def test_the_headline_ews_cifar_config_trains_on_tfds_cifar10(tmp_path):
@@ -324,9 +334,10 @@ def test_the_headline_ews_cifar_config_trains_on_tfds_cifar10(tmp_path):
   from configs import ews_cifar  # pylint: disable=g-import-not-at-top
   config = ews_cifar.get_config()
   assert config.dataset == 'cifar10'
-  config.update(dict(model='resnet_tiny', batch_size=16, eval_batch_size=16, num_epochs=1.0,
+  config.update(dict(model='resnet_tiny', batch_size=16, eval_batch_size=16, num_epochs=2.0,
                      ews_search_every_epochs=1.0, checkpoint_every_steps=0, **SMALL_CONTROLLER))
   with tfds.testing.mock_data(num_examples=48):
     state, results = train.train_and_evaluate(config, str(tmp_path))
-  assert results['step'] == 3 and np.isfinite(results['eval_loss'])
-  assert int(jax.device_get(state.extras['search']['count'])) >= 1  # the search ran
+  assert results['step'] == 6 and np.isfinite(results['eval_loss'])
+  # the search after epoch 1 ran; none after the last step, whose subnets nothing would train
+  assert int(jax.device_get(state.extras['search']['count'])) == 1

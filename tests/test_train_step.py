@@ -8,15 +8,16 @@ import optax
 import pytest
 
 from jaxrobust import methods, models, parallel, train
+from jaxrobust.methods import common
 from jaxrobust.methods.base import Context
 from tests.conftest import tiny_config
 
 
-def _setup(num_devices, sync=True, method='vanilla'):
+def _setup(num_devices, sync=True, method='vanilla', method_cls=None):
   config = tiny_config(sync_batch_stats=sync, method=method, weight_decay=5e-4,
                        learning_rate=0.1, lr_schedule='constant')
   mesh = parallel.make_mesh(jax.devices()[:num_devices])
-  m = methods.get(method)(config)
+  m = (method_cls or methods.get(method))(config)
   model = models.create_model('resnet_tiny', num_classes=10, affine_domains=m.affine_domains(),
                               bn_axis_name=parallel.AXIS if sync else None)
   tx = optax.sgd(0.1, momentum=0.9)
@@ -100,3 +101,43 @@ def test_skip_nonfinite_policy_keeps_the_state():
   assert float(metrics['finite']) == 0.0 and int(state.step) == 1
   chex.assert_trees_all_equal(before, parallel.to_host(state.params))
   assert np.isnan(float(jnp.asarray(metrics['loss'])))
+
+
+def test_stream_keys_are_never_step_keys():
+  # The methods' named streams (device-independent draws, searches, restarts) against the keys
+  # of the first 4096 steps on 4 devices: a stream tag below 2**31 would meet some step's key.
+  run_key = jax.random.PRNGKey(0)
+  step_keys = jax.vmap(lambda s: jax.vmap(lambda d: train.step_key(run_key, s, d))(
+      jnp.arange(4)))(jnp.arange(4096)).reshape(-1, 2)
+  names = ('ews/subnet', 'ews/search', 'ews/compare', 'ews/restart', 'mixprop/mixing',
+           'ant/restart')
+  streams = jnp.stack([common.stream_key(run_key, n, c) for n in names for c in range(4)])
+  assert len({tuple(k) for k in np.asarray(streams).tolist()}) == len(streams)
+  matches = jnp.all(streams[:, None, :] == step_keys[None, :, :], axis=-1)
+  assert not bool(jnp.any(matches))
+  # device-independent and host/device agnostic
+  host = common.stream_key(np.asarray(run_key), 'ews/subnet', 3)
+  np.testing.assert_array_equal(host, streams[3])
+
+
+class _OverflowingExtras(methods.get('vanilla')):
+  """Vanilla plus a value in ``extras`` that overflows at the first step."""
+
+  def init_extras(self, rng, params, batch_stats):
+    return {'scale': jnp.ones((), jnp.float32)}
+
+  def train_step(self, state, batch, rng):
+    state, metrics = super().train_step(state, batch, rng)
+    return state.replace(extras={'scale': state.extras['scale'] * jnp.inf}), metrics
+
+
+def test_non_finite_extras_make_a_non_finite_update():
+  # Methods keep trained things in extras (heads, generators, a controller): an overflow there
+  # must be caught (and skipped) like one in the parameters.
+  config, mesh, m, state = _setup(2, method_cls=_OverflowingExtras)
+  config.nonfinite = 'skip'
+  step = train.make_train_step(m, config, mesh)
+  state, metrics = step(state, parallel.shard_batch(_batches(1)[0], mesh))
+  assert np.isfinite(float(metrics['loss']))
+  assert float(metrics['state_finite']) == 0.0 and float(metrics['finite']) == 0.0
+  assert float(state.extras['scale']) == 1.0 and int(state.step) == 1

@@ -359,17 +359,21 @@ def train_iterator(info: DatasetInfo, *, global_batch_size: int, seed: int, star
 
 
 def _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch):
+  import jax  # pylint: disable=g-import-not-at-top
   tf = _tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   split = tfds.split_for_jax_process(info.train_split, drop_remainder=True)
   ds = tfds.load(info.name, split=split, data_dir=data_dir, shuffle_files=True,
                  read_config=tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16))
-  ds = ds.repeat().shuffle(16 * local, seed=seed).skip(start_step * local).enumerate()
+  # Number the examples before skipping, so that a resumed run augments example i as the
+  # uninterrupted run did; each process has its own augmentation seeds.
+  ds = ds.repeat().shuffle(16 * local, seed=seed).enumerate().skip(start_step * local)
+  process_seed = tf.constant(seed * 1_000_003 + jax.process_index(), tf.int64)
 
   def load(i, ex):
     image = ex['image']
     image = image if image.shape[-1] == info.image_shape[-1] else tf.image.grayscale_to_rgb(image)
-    return {'image': augment(image, tf.stack([tf.cast(seed, tf.int64), i])),
+    return {'image': augment(image, tf.stack([process_seed, i])),
             'label': tf.cast(ex['label'], tf.int32)}
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(local, drop_remainder=True)
   yield from ds.prefetch(prefetch).as_numpy_iterator()

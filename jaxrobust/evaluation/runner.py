@@ -57,9 +57,31 @@ class Run:
 
   def logits_fn(self, x):
     """Pure eval-mode logits on ``self.domain``'s BatchNorm (running statistics untouched)."""
-    out, _ = models.apply_model(self.model, self.params, self.batch_stats, x, train=False,
+    return self.apply(self.params, self.batch_stats, x)
+
+  def apply(self, params, batch_stats, x):
+    """:meth:`logits_fn` with the weights as arguments.
+
+    Jitted suites take the weights this way: a function that closes over ``self.params``
+    would embed them in the compiled program as constants (slow compiles, huge programs for
+    big models).
+    """
+    out, _ = models.apply_model(self.model, params, batch_stats, x, train=False,
                                 domain=self.domain)
     return out
+
+  def host_batches(self, global_batch_size: int, max_examples: Optional[int] = None,
+                   info=None):
+    """This process's part of each eval batch (numpy), of ``info``'s eval split (default the run's).
+
+    Every suite reads its data here, so which slice of the split a process feeds is said once:
+    without ``process_index``/``process_count`` every process would feed the whole split.
+    """
+    return data.eval_iterator(info or self.info, global_batch_size=global_batch_size,
+                              source=self.eval_source if info is None else None,
+                              data_dir=self.config.get('data_dir') or None,
+                              max_examples=max_examples, process_index=jax.process_index(),
+                              process_count=jax.process_count())
 
   def batches(self, max_examples: Optional[int] = None, batch_size: Optional[int] = None):
     """Eval-split batches as global arrays: {'image', 'label', 'mask'}."""
@@ -68,10 +90,7 @@ class Run:
     if max_examples:  # no padding beyond the examples asked for
       bs = min(bs, max_examples)
     bs = -(-bs // n) * n  # a multiple of the devices
-    for b in data.eval_iterator(self.info, global_batch_size=bs, source=self.eval_source,
-                                data_dir=self.config.get('data_dir') or None,
-                                max_examples=max_examples, process_index=jax.process_index(),
-                                process_count=jax.process_count()):
+    for b in self.host_batches(bs, max_examples):
       yield parallel.shard_batch(b, self.mesh)
 
 
@@ -119,29 +138,39 @@ def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = mo
 # ----------------------------------------------------------------------------- suites
 
 
+def _count(logits, y, mask):
+  """(correct top-1, examples) as int32: exact, and summable on device across batches."""
+  correct = jnp.sum((jnp.argmax(logits, -1) == y) * mask)
+  return correct.astype(jnp.int32), jnp.sum(mask).astype(jnp.int32)
+
+
 def _counts_fn(run: Run, transform=None):
-  """jit: (x, y, mask, rng) -> (correct top-1 count, count) after an optional transform."""
+  """jit: (params, batch_stats, x, y, mask, rng) -> :func:`_count` after an optional transform."""
   @jax.jit
-  def fn(x, y, mask, rng):
+  def fn(params, batch_stats, x, y, mask, rng):
     if transform is not None:
       x = transform(x, rng)
-    logits = run.logits_fn(x)
-    return jnp.sum((jnp.argmax(logits, -1) == y) * mask), jnp.sum(mask)
+    return _count(run.apply(params, batch_stats, x), y, mask)
   return fn
 
 
-def _accuracy(fn, batches, rng) -> float:
-  correct = total = 0.0
+def _accuracy(run: Run, fn, batches, rng, **traced) -> float:
+  """Top-1 accuracy from ``fn``'s counts (``traced``: its keyword inputs, e.g. eps).
+
+  The counts are summed on device and fetched once: a fetch per batch would make the host wait
+  for every batch before dispatching the next.
+  """
+  correct = total = 0
   for i, b in enumerate(batches):
-    c, n = fn(b['image'], b['label'], b['mask'], jax.random.fold_in(rng, i))
-    correct, total = correct + float(c), total + float(n)
-  return correct / max(total, 1.0)
+    c, n = fn(run.params, run.batch_stats, b['image'], b['label'], b['mask'],
+              jax.random.fold_in(rng, i), **traced)
+    correct, total = correct + c, total + n
+  return int(correct) / max(int(total), 1)
 
 
 def clean_suite(run: Run, max_examples=None) -> dict:
   step = clean.make_eval_step(run.model, run.mesh, domain=run.domain)
-  host = data.eval_iterator(run.info, global_batch_size=run.config.eval_batch_size,
-                            source=run.eval_source, max_examples=max_examples)
+  host = run.host_batches(run.config.eval_batch_size, max_examples)
   return clean.evaluate(step, run.params, run.batch_stats, host, run.mesh)
 
 
@@ -156,17 +185,15 @@ def corruption_suite(run: Run, names: Sequence[str] = corruptions.ALL,
     corruptions.get(name)  # ValueError listing valid names
   model_fn = _counts_fn(run)
   batches = list(run.batches(max_examples))  # the same images for every corruption
+  rng = jax.random.PRNGKey(seed)
   errors = {}
   for name in names:
     errors[name] = {}
     for s in severities:
       corrupt = jax.jit(functools.partial(corruptions.corrupt, name=name, severity=s))
-      correct = total = 0.0
-      for i, b in enumerate(batches):
-        rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
-        c, n = model_fn(corrupt(b['image'], rng=rng), b['label'], b['mask'], rng)
-        correct, total = correct + float(c), total + float(n)
-      errors[name][s] = 1.0 - correct / max(total, 1.0)
+      corrupted = ({**b, 'image': corrupt(b['image'], rng=jax.random.fold_in(rng, i))}
+                   for i, b in enumerate(batches))
+      errors[name][s] = 1.0 - _accuracy(run, model_fn, corrupted, rng)
     logging.info('corruption %s: errors %s', name,
                  ' '.join(f'{errors[name][s]:.3f}' for s in severities))
   return {'errors': errors}
@@ -193,10 +220,9 @@ def tfds_corruption_suite(run: Run, names: Sequence[str] = corruptions.STANDARD,
       train.validate_config(cfg)
       # read at the model's input size and channel count
       info = dataclasses.replace(data.get_info(cfg), image_shape=run.info.image_shape)
-      host = data.eval_iterator(info, global_batch_size=run.config.eval_batch_size,
-                                max_examples=max_examples, data_dir=cfg.get('data_dir') or None)
+      host = run.host_batches(run.config.eval_batch_size, max_examples, info)
       gb = (parallel.shard_batch(b, run.mesh) for b in host)
-      errors[name][s] = 1.0 - _accuracy(model_fn, gb, jax.random.PRNGKey(0))
+      errors[name][s] = 1.0 - _accuracy(run, model_fn, gb, jax.random.PRNGKey(0))
   return {'errors': errors, 'dataset': dataset}
 
 
@@ -204,10 +230,10 @@ def attack_suite(run: Run, names: Sequence[str] = PGD_SUITE, max_examples: int =
                  eps_curve: Sequence[float] = EPS_CURVE, seed: int = 0) -> dict:
   """Robust top-1 accuracy under attack presets, and accuracy vs eps for one attack.
 
-  Attacks see the eval-mode model (``run.logits_fn``), so crafting never touches statistics.
+  Attacks see the eval-mode model (``run.apply``), so crafting never touches statistics.
   """
   batches = list(run.batches(max_examples))
-  out = {'clean': _accuracy(_counts_fn(run), batches, jax.random.PRNGKey(seed))}
+  out = {'clean': _accuracy(run, _counts_fn(run), batches, jax.random.PRNGKey(seed))}
 
   def attacked(preset: str, **overrides):
     kwargs = {**attacks.presets.attack_kwargs(preset), **overrides}
@@ -215,12 +241,15 @@ def attack_suite(run: Run, names: Sequence[str] = PGD_SUITE, max_examples: int =
     return _attack_counts(run, attack, kwargs)
 
   for name in names:
-    out[name] = _accuracy(attacked(name), batches, jax.random.PRNGKey(seed))
+    out[name] = _accuracy(run, attacked(name), batches, jax.random.PRNGKey(seed))
     logging.info('attack %s: robust accuracy %.4f', name, out[name])
-  curve = []
+  # eps and step size are inputs of the one compiled curve program, not baked into one per eps;
+  # traced, they are checked here rather than by the attack
   for eps in eps_curve:
-    fn = attacked('pgd20', eps=eps, step_size=eps / 4, num_steps=10)
-    curve.append(_accuracy(fn, batches, jax.random.PRNGKey(seed)))
+    attacks.validation.check_range('eps', eps, low=0.0)
+  curve_fn = attacked('pgd20', num_steps=10)
+  curve = [_accuracy(run, curve_fn, batches, jax.random.PRNGKey(seed), eps=eps,
+                     step_size=eps / 4) for eps in eps_curve]
   if 'pgd20' in out:
     eps_curve, curve = list(eps_curve) + [8 / 255], curve + [out['pgd20']]
   out['curve'] = {'attack': 'pgd (10 steps; 20 at 8/255)', 'eps': list(eps_curve),
@@ -229,11 +258,16 @@ def attack_suite(run: Run, names: Sequence[str] = PGD_SUITE, max_examples: int =
 
 
 def _attack_counts(run: Run, attack, kwargs):
+  """jit: (params, batch_stats, x, y, mask, rng, **traced) -> :func:`_count` under ``attack``.
+
+  ``kwargs`` are fixed at trace time; keyword arguments of the call (eps, step size) override
+  them as traced inputs, so a sweep over them reuses one compiled program.
+  """
   @jax.jit
-  def fn(x, y, mask, rng):
-    x_adv = attack(run.logits_fn, x, y, rng, **kwargs)
-    logits = run.logits_fn(x_adv)
-    return jnp.sum((jnp.argmax(logits, -1) == y) * mask), jnp.sum(mask)
+  def fn(params, batch_stats, x, y, mask, rng, **traced):
+    logits_fn = functools.partial(run.apply, params, batch_stats)
+    x_adv = attack(logits_fn, x, y, rng, **{**kwargs, **traced})
+    return _count(logits_fn(x_adv), y, mask)
   return fn
 
 
@@ -244,7 +278,7 @@ def apgd_suite(run: Run, max_examples: int = 500, num_steps: int = 100,
   out = {}
   for name, kwargs in (('apgd_ce', {}), ('apgd_t', {'num_target_classes': num_target_classes})):
     fn = _attack_counts(run, attacks.get(name), dict(eps=8 / 255, num_steps=num_steps, **kwargs))
-    out[name] = _accuracy(fn, batches, jax.random.PRNGKey(seed))
+    out[name] = _accuracy(run, fn, batches, jax.random.PRNGKey(seed))
     logging.info('attack %s: robust accuracy %.4f', name, out[name])
   out['settings'] = {'eps': 8 / 255, 'num_steps': num_steps,
                      'apgd_t_num_target_classes': num_target_classes}

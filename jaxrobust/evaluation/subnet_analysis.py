@@ -36,6 +36,7 @@ import json
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -277,8 +278,12 @@ def summarize(result: Mapping[str, Any]) -> dict:
 
 def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str = '',
                 attack: str = '', max_examples: int = 0, bn: str = 'batch', seed: int = 0,
-                vulnerability: bool = False) -> dict:
-  """Figure 1 (and optionally Figure 7) data of one trained run (see the module docstring)."""
+                vulnerability: bool = False, vulnerability_mode: str = 'random') -> dict:
+  """Figure 1 (and optionally Figure 7) data of one trained run (see the module docstring).
+
+  Random subnets have width ``rho``; an EWS run's controller samples subnets of its own width
+  (``ews_rho``), reported as ``controller_rho`` (a warning says when the two differ).
+  """
   from jaxrobust import data  # pylint: disable=g-import-not-at-top
   from jaxrobust.models import controller as controller_lib  # pylint: disable=g-import-not-at-top
   from jaxrobust.models import subnets  # pylint: disable=g-import-not-at-top
@@ -307,6 +312,11 @@ def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str =
         method.controller, cparams, jax.random.fold_in(rng, 1), num_subnets)
     kinds['controller'] = method.space.from_slot_masks(sample.masks)
   out = {'workdir': workdir, 'method': config.method, 'rho': rho, 'bn': bn, 'subnets': {}}
+  if 'controller' in kinds:
+    out['controller_rho'] = method.rho
+    if method.rho != rho:
+      logging.warning('%s: the controller samples rho=%s subnets, the random ones have rho=%s; '
+                      'their accuracies are not comparable.', workdir, method.rho, rho)
   for kind, masks in kinds.items():
     res = confidence_distribution(model, run.params, run.batch_stats, make_batches, mesh,
                                   space=space, num_subnets=num_subnets, rng=rng,
@@ -316,13 +326,14 @@ def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str =
                             for cond, r in res.items()}
   if vulnerability:
     out['vulnerability'] = block_vulnerability(model, run.params, run.batch_stats,
-                                               make_batches, mesh, space=space, bn=bn)
+                                               make_batches, mesh, space=space, bn=bn,
+                                               mode=vulnerability_mode)
   return out
 
 
 def main(argv):
   del argv
-  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluation import plots  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   workdirs = [w for w in f.workdirs.split(',') if w]
@@ -335,7 +346,7 @@ def main(argv):
   for label, workdir in zip(labels, workdirs):
     res = analyse_run(workdir, num_subnets=f.num_subnets, rho=f.rho, corruption=f.corruption,
                       attack=f.attack, max_examples=f.max_examples, bn=f.bn, seed=f.seed,
-                      vulnerability=f.vulnerability)
+                      vulnerability=f.vulnerability, vulnerability_mode=f.vulnerability_mode)
     results[label] = res
     for kind, conds in res['subnets'].items():
       for cond, r in conds.items():
@@ -368,6 +379,9 @@ if __name__ == '__main__':
   flags.DEFINE_integer('max_examples', 0, 'Evaluation examples (0 = the whole split).')
   flags.DEFINE_enum('bn', 'batch', list(BN_MODES), 'BatchNorm statistics of the subnets.')
   flags.DEFINE_integer('seed', 0, 'Seed of the subnets and perturbations.')
-  flags.DEFINE_bool('vulnerability', False, 'Also compute per-block vulnerability (Figure 7).')
+  flags.DEFINE_bool('vulnerability', False, 'Also compute per-block vulnerability.')
+  flags.DEFINE_enum('vulnerability_mode', 'random', list(VULNERABILITY_MODES),
+                    "Per-block reduction: 'random' rho-subnets of the block (Figure 7) or "
+                    "'drop_residual' (its residual branch removed).")
   jax.config.config_with_absl()
   app.run(main)

@@ -85,8 +85,6 @@ GEN_OPTIMIZERS = ('adam', 'sgd')
 # (measured on CIFAR-10 training images: ||clip(x + 0.18 z) - x||_2 / sqrt(N) = 0.166); see
 # :func:`default_eps`.
 EPS_PER_PIXEL = 0.166
-# fold_in tags that keep the restart hook's randomness apart from the step's.
-_RESTART_TAG = 0x414E54
 
 DEFAULTS = {
     'ant_generator': '1x1',
@@ -382,8 +380,7 @@ class ANT(Method):
     step = int(jax.device_get(state.step))
     if self.ctx.total_steps and step >= self.ctx.total_steps:
       return state  # the run is over: a new generator would never be used
-    rng = jax.random.fold_in(jax.random.fold_in(np.asarray(jax.device_get(state.rng)),
-                                                _RESTART_TAG), step)
+    rng = common.stream_key(np.asarray(jax.device_get(state.rng)), 'ant/restart', step)
     init_rng, train_rng = jax.random.split(rng)
     channels = jax.tree.leaves(state.extras['gen'])[-1].shape[-1]
     gen = init_generator(self.generator, init_rng, channels)

@@ -62,6 +62,7 @@ import optax
 
 from jaxrobust import corruptions
 from jaxrobust.attacks import presets
+from jaxrobust.methods import adversarial_training as at
 from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Method
 from jaxrobust.models import MAIN, apply_model, aux_heads
@@ -222,15 +223,15 @@ class AuxTrain(Method):
   def primary_inputs(self, params, batch_stats, x, y, rng):
     """Images of the primary group: ``x``, or its PGD examples in the adversarial variant.
 
-    The attack runs on the primary path with batch statistics and changes no running statistics.
+    The attack runs on the primary path with batch statistics (dropout on, with a key of its
+    own) and changes no running statistics.
     """
     if not self._cfg('auxtrain_adversarial'):
       return x
-
-    def logits_fn(z):
-      return apply_model(self.model, params, batch_stats, z, train=True, domain=MAIN,
-                         update_stats=False)[0]
-    return presets.build(self._cfg('auxtrain_attack'))(logits_fn, x, y, rng)
+    k_start, k_dropout = jax.random.split(rng)
+    logits_fn = at.make_logits_fn(self.model, params, batch_stats, domain=MAIN, bn_mode='batch',
+                                  rngs={'dropout': k_dropout})
+    return presets.build(self._cfg('auxtrain_attack'))(logits_fn, x, y, k_start)
 
   def forward_groups(self, params, batch_stats, xs, rng):
     """Backbone on every group with selective BN.

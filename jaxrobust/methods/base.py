@@ -35,7 +35,11 @@ class Context:
 
 @dataclasses.dataclass(frozen=True)
 class Hook:
-  """A host-side procedure the loop runs every ``every_steps`` steps: ``state = fn(state)``."""
+  """A host-side procedure the loop runs every ``every_steps`` steps: ``state = fn(state)``.
+
+  It prepares the steps that follow (a search, a restart), so the loop never runs it after the
+  run's last step.
+  """
   every_steps: int
   fn: Callable[[Any], Any]
   name: str = ''

@@ -1,4 +1,6 @@
-"""Losses and update helpers shared by the methods."""
+"""Losses, update helpers and key streams shared by the methods."""
+
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +8,24 @@ import optax
 
 from jaxrobust.models import MAIN, apply_model
 from jaxrobust.parallel import AXIS
+
+
+def stream_key(run_key, name: str, counter) -> jax.Array:
+  """The ``counter``-th key of the named stream ``name`` of the run: the same on every device.
+
+  For draws that every device must agree on (a step's subnet, a batch's mixing weight) or that
+  happen outside the step (a search, a restart). The loop gives step ``s`` on device ``d`` the
+  key ``fold_in(fold_in(run_key, s), d)`` with an int32 ``s``; a stream starts from
+  ``fold_in(run_key, 2**31 + crc32(name) mod 2**31)``, a value no step takes, so no stream key
+  is ever also a step's key.
+
+  Args:
+    run_key: the run's key (``state.rng``), on device or on the host.
+    name: the stream's name, e.g. ``'ews/subnet'``.
+    counter: the draw's number (a step, a search step), a Python or traced integer.
+  """
+  tag = (1 << 31) | (zlib.crc32(name.encode()) & 0x7FFFFFFF)
+  return jax.random.fold_in(jax.random.fold_in(run_key, tag), counter)
 
 
 def cross_entropy(logits, labels, label_smoothing: float = 0.0, weights=None):

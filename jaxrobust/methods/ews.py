@@ -4,17 +4,22 @@ Paper ``001_f126abb63f157b30.txt``, sections 3-5, Algorithm 1, supplementary A-E
 
 **Subnets** (:mod:`jaxrobust.models.subnets`): a subnet of width ``rho`` (0.5) keeps, in every
 residual block, ``round(2 rho)`` of its two paths (residual branch, shortcut) and, in every
-convolution of the block, ``round(rho C)`` of its ``C`` output channels. It is a pytree of 0/1
-arrays passed to the backbone (``subnet=masks``), so one compiled step serves every subnet.
+convolution of the block, ``round(rho C)`` of its ``C`` output channels (at most ``C - 1``, so
+that a subnet always drops a channel; :func:`jaxrobust.models.subnets.num_kept`). It is a pytree
+of 0/1 arrays passed to the backbone (``subnet=masks``), so one compiled step serves every
+subnet.
 
 **Algorithm** (Algorithm 1). Alternate
 
 1. *Search* (every ``ews_search_every_epochs = K`` epochs, 10 in the paper; a :class:`Hook` with
-   its own jitted body): on a fixed subset ``D_s`` holding ``ews_search_fraction`` (10%) of the
-   training set, starting from a freshly initialised controller (``ews_controller_restart``, see
-   :meth:`EWS.restart_controller`), one controller step per batch: sample ``C =
-   ews_search_num_subnets`` (8) subnets ``alpha_i ~ pi_theta`` from the LSTM controller
-   (:mod:`jaxrobust.models.controller`), reward ``R_i = -accuracy(alpha_i, batch)``, and minimise
+   its own jitted body, run after epochs K, 2K, ... but not after the last step, where nothing
+   would train on its subnets; Algorithm 1's "if i mod K = 0" at the top of epoch i searches one
+   epoch earlier, after epochs K-1, 2K-1, ...): on a fixed subset ``D_s`` holding
+   ``ews_search_fraction`` (10%) of the training set, one controller step per batch, starting
+   from a freshly initialised controller (``ews_controller_restart``; **a change from the
+   paper**, whose controller carries on from search to search; why in
+   :meth:`EWS.restart_controller`): sample ``C = ews_search_num_subnets`` (8) subnets
+   ``alpha_i ~ pi_theta`` from the LSTM controller (:mod:`jaxrobust.models.controller`), reward ``R_i = -accuracy(alpha_i, batch)``, and minimise
    the REINFORCE loss ``-1/C sum_i (R_i - b) log pi(alpha_i) - w_H * mean_i H_i`` with a moving-
    average baseline ``b <- d b + (1 - d) mean_i R_i`` (restarted from the mean reward of every
    search's first batch) and an entropy bonus (Eq. 1: the controller learns to produce *weak*
@@ -22,7 +27,8 @@ arrays passed to the backbone (``subnet=masks``), so one compiled step serves ev
    the subnets on PGD examples of the batch crafted on the full network with the base method's
    attack.
    After each search, the mean accuracy of C controller subnets and of C uniformly random
-   subnets on a few *other* training batches is recorded (``search_controller_accuracy`` /
+   subnets on ``ews_compare_batches`` batches of a second shuffle of the training set (which
+   may overlap ``D_s``) is recorded (``search_controller_accuracy`` /
    ``search_random_accuracy`` in the training metrics): the controller's subnets should be the
    weaker ones. Search baselines (Table 5, ``ews_search``): ``'random'`` (a uniformly random
    subnet every step, no search) and ``'l1'`` (the subnet of lowest-L1-norm paths/channels,
@@ -114,8 +120,6 @@ from jaxrobust.models import subnets
 SEARCHES = ('controller', 'random', 'l1')
 SEARCH_ON = ('auto', 'clean', 'adversarial')
 AWP_BASES = ('pgd_at', 'trades')
-# fold_in tags: the subnet of a step and the search keys are device-independent.
-_SUBNET_TAG, _SEARCH_TAG, _COMPARE_TAG, _RESTART_TAG = 0x5EB, 0x5EA, 0xC0A, 0x4E5
 _AWP_EPS = 1e-20
 
 
@@ -349,7 +353,7 @@ class EWS(Method):
 
   def step_subnet(self, state):
     """The subnet of the step ``state.step``: the same on every device."""
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, _SUBNET_TAG), state.step)
+    key = common.stream_key(state.rng, 'ews/subnet', state.step)
     if self.search == 'controller':
       sample = self.controller.apply({'params': state.extras['controller']['params']}, key,
                                      method=controller_lib.SubnetController.sample)
@@ -496,7 +500,7 @@ class EWS(Method):
     advantage of the new search's first updates the same way).
     """
     ctrl = state.extras['controller']
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, _SEARCH_TAG), ctrl['steps'])
+    key = common.stream_key(state.rng, 'ews/search', ctrl['steps'])
     k_sample, k_local = jax.random.split(key)
     k_local = jax.random.fold_in(k_local, jax.lax.axis_index(parallel.AXIS))
     k_images, k_eval = jax.random.split(k_local)
@@ -531,7 +535,7 @@ class EWS(Method):
     ``index`` (the batch's number) gives every batch its own subnets.
     """
     ctrl = state.extras['controller']
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, _COMPARE_TAG), ctrl['steps'])
+    key = common.stream_key(state.rng, 'ews/compare', ctrl['steps'])
     key = jax.random.fold_in(key, index)
     k_ctrl, k_rand, k_local = jax.random.split(key, 3)
     k_local = jax.random.fold_in(k_local, jax.lax.axis_index(parallel.AXIS))
@@ -557,7 +561,7 @@ class EWS(Method):
     searched on the same network found subnets at 13%).
     """
     ctrl = state.extras['controller']
-    key = jax.random.fold_in(jax.random.fold_in(state.rng, _RESTART_TAG), ctrl['steps'])
+    key = common.stream_key(state.rng, 'ews/restart', ctrl['steps'])
     cparams = controller_lib.init_controller(self.controller, key)
     ctrl = {**ctrl, 'params': cparams, 'opt_state': self.controller_tx.init(cparams)}
     return state.replace(extras={**state.extras, 'controller': ctrl})

@@ -48,8 +48,6 @@ from jaxrobust.methods.base import Method
 from jaxrobust.models import MAIN, apply_model
 
 AUX = 'aux'
-# Tag folded into the run key to make the per-batch (device-independent) mixing key.
-_SHARED_TAG = 0x6D6978  # 'mix'
 
 
 # ------------------------------------------------------------------------------- pure pieces
@@ -57,7 +55,7 @@ _SHARED_TAG = 0x6D6978  # 'mix'
 
 def shared_key(state) -> jax.Array:
   """A key that depends on the run key and the step but not on the device."""
-  return jax.random.fold_in(jax.random.fold_in(state.rng, _SHARED_TAG), state.step)
+  return common.stream_key(state.rng, 'mixprop/mixing', state.step)
 
 
 def sample_lambda(rng: jax.Array, alpha: float) -> jax.Array:
