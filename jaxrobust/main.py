@@ -32,7 +32,9 @@ def _fail(error: Exception, status: int) -> None:
   """Reports an error the user can act on (no traceback) and exits with ``status``.
 
   Status 2: bad input (config, data, checkpoint of another model/method); 3: non-finite loss.
+  The traceback goes to the debug log (``--verbosity=1``), for errors that are not the user's.
   """
+  logging.debug('Traceback of the error below:', exc_info=error)
   logging.error('%s', error)
   print(f'error: {error}', file=sys.stderr)
   sys.exit(status)
