@@ -363,16 +363,20 @@ def _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch)
   tf = _tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   split = tfds.split_for_jax_process(info.train_split, drop_remainder=True)
+  # Images stay encoded until after the skip: a resumed run passes over the examples it skips
+  # without decoding them (epochs of JPEGs, on ImageNet).
   ds = tfds.load(info.name, split=split, data_dir=data_dir, shuffle_files=True,
-                 read_config=tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16))
+                 read_config=tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16),
+                 decoders={'image': tfds.decode.SkipDecoding()})
   # Number the examples before skipping, so that a resumed run augments example i as the
   # uninterrupted run did; each process has its own augmentation seeds.
   ds = ds.repeat().shuffle(16 * local, seed=seed).enumerate().skip(start_step * local)
   process_seed = tf.constant(seed * 1_000_003 + jax.process_index(), tf.int64)
 
   def load(i, ex):
-    image = ex['image']
-    image = image if image.shape[-1] == info.image_shape[-1] else tf.image.grayscale_to_rgb(image)
+    # channels: grey images become RGB for an RGB model
+    image = tf.io.decode_image(ex['image'], channels=info.image_shape[-1],
+                               expand_animations=False)
     return {'image': augment(image, tf.stack([process_seed, i])),
             'label': tf.cast(ex['label'], tf.int32)}
   ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(local, drop_remainder=True)
