@@ -351,7 +351,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   elif config.get('init_from', ''):
     state = _init_from(config.init_from, state)
   start_step = int(jax.device_get(state.step))
-  earlier_wall_time = _wall_time_before(workdir, start_step)
+  earlier = _totals_before(workdir, start_step)
 
   train_step = make_train_step(method, config, mesh)
   eval_steps = {d: clean.make_eval_step(model, mesh, domain=d) for d in method.eval_domains()}
@@ -403,7 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 **proc)
   pending, window_start, window_step = [], time.time(), start_step
   in_flight = parallel.StepsInFlight(config.get('max_steps_in_flight', 2))
-  skipped = 0
+  skipped = earlier['skipped_updates']
   eval_results = {}
   stopped_by = None
   step = start_step
@@ -457,7 +457,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     preemption.restore_handlers()
 
   results = {'step': int(done), 'stopped_by': stopped_by, 'skipped_updates': skipped,
-             'wall_time_s': earlier_wall_time + time.time() - start_time,
+             'wall_time_s': earlier['wall_time_s'] + time.time() - start_time,
              **{f'eval_{k}': v for k, v in eval_results.items()}}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
@@ -465,21 +465,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return state, results
 
 
-def _wall_time_before(workdir: str, start_step: int) -> float:
-  """Wall time of the stopped runs this one resumes (0 for a fresh run).
+def _totals_before(workdir: str, start_step: int) -> dict:
+  """``wall_time_s`` and ``skipped_updates`` of the stopped runs this one resumes (0 if fresh).
 
   A stopped run writes ``results.json`` with ``stopped_by`` and the step of its last checkpoint; a
-  run resuming from exactly that step carries its time on, so that ``wall_time_s`` is the whole
-  training's time however often it was preempted.
+  run resuming from exactly that step carries both on, so that they describe the whole training
+  however often it was preempted. (After a crash, which writes no results, they restart at 0.)
   """
+  totals = {'wall_time_s': 0.0, 'skipped_updates': 0}
   path = os.path.join(workdir, 'results.json')
   if start_step == 0 or not os.path.exists(path):
-    return 0.0
+    return totals
   with open(path) as f:
     earlier = json.load(f)
   if earlier.get('stopped_by') and earlier.get('step') == start_step:
-    return float(earlier.get('wall_time_s', 0.0))
-  return 0.0
+    totals = {'wall_time_s': float(earlier.get('wall_time_s', 0.0)),
+              'skipped_updates': int(earlier.get('skipped_updates', 0))}
+  return totals
 
 
 def _init_from_dir(path: str) -> str:

@@ -150,17 +150,21 @@ def test_sigterm_then_sigkill_then_resume_is_bit_identical(tmp_path):
   assert (res['eval_loss'], res['eval_top1']) == (res_full['eval_loss'], res_full['eval_top1'])
 
 
-def test_resumed_run_carries_on_the_wall_time_of_the_run_it_resumes(tmp_path):
-  # ``results.json`` of a stopped run: its time counts only for a resume from its very step.
-  assert train._wall_time_before(str(tmp_path), 40) == 0.0   # nothing stopped here
-  (tmp_path / 'results.json').write_text(
-      json.dumps({'step': 40, 'stopped_by': 'SIGTERM', 'wall_time_s': 125.0}))
-  assert train._wall_time_before(str(tmp_path), 40) == 125.0
-  assert train._wall_time_before(str(tmp_path), 0) == 0.0    # a fresh start
-  assert train._wall_time_before(str(tmp_path), 60) == 0.0   # a later checkpoint: chain broken
-  (tmp_path / 'results.json').write_text(
-      json.dumps({'step': 40, 'stopped_by': None, 'wall_time_s': 125.0}))
-  assert train._wall_time_before(str(tmp_path), 40) == 0.0   # a finished run is not resumed
+def test_resumed_run_carries_on_the_totals_of_the_run_it_resumes(tmp_path):
+  # ``results.json`` of a stopped run: its time and skipped updates count only for a resume
+  # from its very step.
+  def totals(step):
+    t = train._totals_before(str(tmp_path), step)
+    return t['wall_time_s'], t['skipped_updates']
+  assert totals(40) == (0.0, 0)   # nothing stopped here
+  (tmp_path / 'results.json').write_text(json.dumps(
+      {'step': 40, 'stopped_by': 'SIGTERM', 'wall_time_s': 125.0, 'skipped_updates': 3}))
+  assert totals(40) == (125.0, 3)
+  assert totals(0) == (0.0, 0)    # a fresh start
+  assert totals(60) == (0.0, 0)   # a later checkpoint: chain broken
+  (tmp_path / 'results.json').write_text(json.dumps(
+      {'step': 40, 'stopped_by': None, 'wall_time_s': 125.0, 'skipped_updates': 3}))
+  assert totals(40) == (0.0, 0)   # a finished run is not resumed
 
 
 def test_preemption_handler_second_signal_aborts_and_handlers_are_restored():
