@@ -37,13 +37,14 @@ amplitude 4 * sqrt(2) / 32 ~= 0.18. ``DEFAULT_NORMS`` records these values.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.evaluation.noise_robustness import unpack_batch
+from jaxrobust.evaluation.noise_robustness import as_argument, unpack_batch
 
 PredictFn = Callable[[jax.Array], jax.Array]
 
@@ -189,7 +190,8 @@ def fourier_heat_map(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arr
   hundred images, or ``stride`` / ``positions`` to evaluate a subset.
 
   Args:
-    predict_fn: pure ``x -> logits`` (compiled once per batch shape here).
+    predict_fn: pure ``x -> logits`` (compiled once per batch shape here; weights bound in a
+      ``jax.tree_util.Partial`` stay inputs of the program, see ``noise_robustness.as_argument``).
     batches: iterable of ``(x, y)`` or ``{'image', 'label'[, 'mask']}``
       (``mask == 0`` marks padding, not counted); or a single ``(x, y)`` tuple.
     rng: key; batch i uses ``fold_in(rng, i)``.
@@ -219,10 +221,13 @@ def fourier_heat_map(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arr
   if isinstance(batches, tuple) and len(batches) == 2 and hasattr(batches[0], 'shape'):
     batches = [batches]
 
-  count_fn = jax.jit(
-      lambda x, y, key, pos, valid: fourier_error_counts(
-          predict_fn, x, y, key, pos, norm=norm, chunk_size=int(chunk_size), mask=valid))
-  clean_fn = jax.jit(lambda x, y, valid: jnp.sum((jnp.argmax(predict_fn(x), -1) != y) & valid))
+  # predict_fn is an argument of both programs, so weights bound in a Partial stay inputs
+  fn = as_argument(predict_fn)
+  count_fn = functools.partial(jax.jit(
+      lambda f, x, y, key, pos, valid: fourier_error_counts(
+          f, x, y, key, pos, norm=norm, chunk_size=int(chunk_size), mask=valid)), fn)
+  clean_fn = functools.partial(jax.jit(
+      lambda f, x, y, valid: jnp.sum((jnp.argmax(f(x), -1) != y) & valid)), fn)
 
   counts = None
   clean_wrong = 0

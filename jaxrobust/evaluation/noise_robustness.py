@@ -254,6 +254,19 @@ def minimal_l2_along_noise(predict_fn: PredictFn, x: jax.Array, y: jax.Array, rn
 # ----------------------------------------------------------------------------
 
 
+def as_argument(predict_fn: PredictFn) -> jax.tree_util.Partial:
+  """``predict_fn`` as a pytree a jitted function can take as an argument.
+
+  A ``jax.tree_util.Partial`` (e.g. ``Partial(apply, params, batch_stats)``) keeps its bound
+  arrays as leaves, so they enter the compiled program as inputs; a function that closed over
+  them would bake them in as constants (slow compiles, large programs for big models). A plain
+  function becomes a ``Partial`` without leaves.
+  """
+  if isinstance(predict_fn, jax.tree_util.Partial):
+    return predict_fn
+  return jax.tree_util.Partial(predict_fn)
+
+
 def unpack_batch(batch: Any) -> tuple[Any, Any, Any]:
   """``(x, y, mask)`` from an ``(x, y)`` tuple or an ``{'image', 'label'[, 'mask']}`` dict.
 
@@ -300,7 +313,8 @@ def median_eps_star(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arra
   """epsilon* = median minimal L2 along noise over a dataset (Rusak et al. Eq. 4).
 
   Args:
-    predict_fn: pure ``x -> logits``; compiled once (per batch shape) here.
+    predict_fn: pure ``x -> logits``; compiled once (per batch shape) here. Pass weights as a
+      ``jax.tree_util.Partial`` to keep them out of the program (:func:`as_argument`).
     batches: iterable of ``(x, y)`` or ``{'image', 'label'[, 'mask']}``
       batches; examples with ``mask == 0`` (padding) are dropped.
     rng: PRNG key; batch i uses ``fold_in(rng, i)``.
@@ -312,14 +326,16 @@ def median_eps_star(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arra
     :func:`eps_star_statistics` plus ``per_image`` (np.ndarray of every eps).
   """
   search = jax.jit(functools.partial(
-      minimal_l2_along_noise, predict_fn, noise=noise, max_eps=max_eps,
+      minimal_l2_along_noise, noise=noise, max_eps=max_eps,
       num_coarse=num_coarse, num_bisect=num_bisect, spacing=spacing, min_eps=min_eps))
+  predict_fn = as_argument(predict_fn)
   all_eps = []
   for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
       break
     x, y, mask = unpack_batch(batch)
-    eps = np.asarray(search(jnp.asarray(x), jnp.asarray(y), jax.random.fold_in(rng, i)))
+    eps = np.asarray(search(predict_fn, jnp.asarray(x), jnp.asarray(y),
+                            jax.random.fold_in(rng, i)))
     if mask is not None:
       eps = eps[np.asarray(mask).reshape(-1) > 0]
     all_eps.append(eps)

@@ -39,6 +39,12 @@ PGD_SUITE = ('fgsm', 'ifgsm10', 'madry_pgd10', 'pgd20', 'advprop_pgd1')
 EPS_CURVE = (1 / 255, 2 / 255, 4 / 255)
 
 
+def _eval_logits(model, domain: str, params, batch_stats: dict, x):
+  """Eval-mode logits on ``domain``'s BatchNorm (running statistics untouched)."""
+  out, _ = models.apply_model(model, params, batch_stats, x, train=False, domain=domain)
+  return out
+
+
 @dataclasses.dataclass
 class Run:
   """A restored run: what every suite needs."""
@@ -66,9 +72,14 @@ class Run:
     would embed them in the compiled program as constants (slow compiles, huge programs for
     big models).
     """
-    out, _ = models.apply_model(self.model, params, batch_stats, x, train=False,
-                                domain=self.domain)
-    return out
+    return _eval_logits(self.model, self.domain, params, batch_stats, x)
+
+  def predict_fn(self) -> jax.tree_util.Partial:
+    """:meth:`logits_fn` as a ``Partial`` whose leaves are the weights, for the suites that take
+    a ``x -> logits`` function and compile it with the weights as inputs."""
+    # the Partial's function is static (hashed), so it must not hold the unhashable Run
+    return jax.tree_util.Partial(functools.partial(_eval_logits, self.model, self.domain),
+                                 self.params, self.batch_stats)
 
   def host_batches(self, global_batch_size: int, max_examples: Optional[int] = None,
                    info=None):
@@ -290,7 +301,7 @@ def eps_star_suite(run: Run, noises: Sequence[str] = ('gaussian', 'uniform'),
   """Median minimal L2 perturbation epsilon* along random noise directions."""
   out = {}
   for noise in noises:
-    res = noise_robustness.median_eps_star(run.logits_fn, run.batches(max_examples),
+    res = noise_robustness.median_eps_star(run.predict_fn(), run.batches(max_examples),
                                            jax.random.PRNGKey(seed), noise=noise)
     out[noise] = {k: v for k, v in res.items() if k != 'per_image'}
     logging.info('eps* (%s): %.4f', noise, res['eps_star'])
@@ -299,7 +310,7 @@ def eps_star_suite(run: Run, noises: Sequence[str] = ('gaussian', 'uniform'),
 
 def frequency_suite(run: Run, max_examples: int = 200, stride: int = 1, seed: int = 0) -> dict:
   h = run.info.image_shape[0]
-  res = frequency.fourier_heat_map(run.logits_fn, run.batches(max_examples, batch_size=100),
+  res = frequency.fourier_heat_map(run.predict_fn(), run.batches(max_examples, batch_size=100),
                                    jax.random.PRNGKey(seed), stride=stride,
                                    norm=frequency.DEFAULT_NORMS['cifar' if h <= 64 else 'imagenet'])
   return {'map': np.asarray(res['map']).tolist(), 'clean_error': res['clean_error'],
