@@ -45,6 +45,16 @@ def _eval_logits(model, domain: str, params, batch_stats: dict, x):
   return out
 
 
+@functools.lru_cache(maxsize=None)
+def _eval_logits_of(model, domain: str):
+  """``_eval_logits`` bound to a model and domain, one object per pair.
+
+  A ``Partial``'s function is part of a jitted function's cache key (compared by identity for a
+  ``functools.partial``): a new one per call would recompile every suite's program per call.
+  """
+  return functools.partial(_eval_logits, model, domain)
+
+
 @dataclasses.dataclass
 class Run:
   """A restored run: what every suite needs."""
@@ -63,23 +73,17 @@ class Run:
 
   def logits_fn(self, x):
     """Pure eval-mode logits on ``self.domain``'s BatchNorm (running statistics untouched)."""
-    return self.apply(self.params, self.batch_stats, x)
-
-  def apply(self, params, batch_stats, x):
-    """:meth:`logits_fn` with the weights as arguments.
-
-    Jitted suites take the weights this way: a function that closes over ``self.params``
-    would embed them in the compiled program as constants (slow compiles, huge programs for
-    big models).
-    """
-    return _eval_logits(self.model, self.domain, params, batch_stats, x)
+    return _eval_logits(self.model, self.domain, self.params, self.batch_stats, x)
 
   def predict_fn(self) -> jax.tree_util.Partial:
-    """:meth:`logits_fn` as a ``Partial`` whose leaves are the weights, for the suites that take
-    a ``x -> logits`` function and compile it with the weights as inputs."""
-    # the Partial's function is static (hashed), so it must not hold the unhashable Run
-    return jax.tree_util.Partial(functools.partial(_eval_logits, self.model, self.domain),
-                                 self.params, self.batch_stats)
+    """:meth:`logits_fn` as a ``Partial`` whose leaves are the weights.
+
+    Every jitted suite takes it as an argument, so the weights are inputs of the compiled
+    program: a function that closed over ``self.params`` would embed them as constants (slow
+    compiles, huge programs for big models).
+    """
+    return jax.tree_util.Partial(_eval_logits_of(self.model, self.domain), self.params,
+                                 self.batch_stats)
 
   def host_batches(self, global_batch_size: int, max_examples: Optional[int] = None,
                    info=None):
@@ -155,13 +159,12 @@ def _count(logits, y, mask):
   return correct.astype(jnp.int32), jnp.sum(mask).astype(jnp.int32)
 
 
-def _counts_fn(run: Run, transform=None):
-  """jit: (params, batch_stats, x, y, mask, rng) -> :func:`_count` after an optional transform."""
+def _counts_fn():
+  """jit: (predict_fn, x, y, mask, rng) -> :func:`_count` (``rng`` unused: the attacks' shape)."""
   @jax.jit
-  def fn(params, batch_stats, x, y, mask, rng):
-    if transform is not None:
-      x = transform(x, rng)
-    return _count(run.apply(params, batch_stats, x), y, mask)
+  def fn(predict_fn, x, y, mask, rng):
+    del rng
+    return _count(predict_fn(x), y, mask)
   return fn
 
 
@@ -171,10 +174,11 @@ def _accuracy(run: Run, fn, batches, rng, **traced) -> float:
   The counts are summed on device and fetched once: a fetch per batch would make the host wait
   for every batch before dispatching the next.
   """
+  predict_fn = run.predict_fn()
   correct = total = 0
   for i, b in enumerate(batches):
-    c, n = fn(run.params, run.batch_stats, b['image'], b['label'], b['mask'],
-              jax.random.fold_in(rng, i), **traced)
+    c, n = fn(predict_fn, b['image'], b['label'], b['mask'], jax.random.fold_in(rng, i),
+              **traced)
     correct, total = correct + c, total + n
   return int(correct) / max(int(total), 1)
 
@@ -194,7 +198,7 @@ def corruption_suite(run: Run, names: Sequence[str] = corruptions.ALL,
   """
   for name in names:
     corruptions.get(name)  # ValueError listing valid names
-  model_fn = _counts_fn(run)
+  model_fn = _counts_fn()
   batches = list(run.batches(max_examples))  # the same images for every corruption
   rng = jax.random.PRNGKey(seed)
   errors = {}
@@ -219,7 +223,7 @@ def tfds_corruption_suite(run: Run, names: Sequence[str] = corruptions.STANDARD,
   same model function as the on-the-fly corruptions.
   """
   from jaxrobust import train  # pylint: disable=g-import-not-at-top
-  model_fn = _counts_fn(run)
+  model_fn = _counts_fn()
   errors = {}
   for name in names:
     errors[name] = {}
@@ -241,15 +245,15 @@ def attack_suite(run: Run, names: Sequence[str] = PGD_SUITE, max_examples: int =
                  eps_curve: Sequence[float] = EPS_CURVE, seed: int = 0) -> dict:
   """Robust top-1 accuracy under attack presets, and accuracy vs eps for one attack.
 
-  Attacks see the eval-mode model (``run.apply``), so crafting never touches statistics.
+  Attacks see the eval-mode model (``run.predict_fn()``), so crafting never touches statistics.
   """
   batches = list(run.batches(max_examples))
-  out = {'clean': _accuracy(run, _counts_fn(run), batches, jax.random.PRNGKey(seed))}
+  out = {'clean': _accuracy(run, _counts_fn(), batches, jax.random.PRNGKey(seed))}
 
   def attacked(preset: str, **overrides):
     kwargs = {**attacks.presets.attack_kwargs(preset), **overrides}
     attack = attacks.get(attacks.presets.get(preset)['attack'])
-    return _attack_counts(run, attack, kwargs)
+    return _attack_counts(attack, kwargs)
 
   for name in names:
     out[name] = _accuracy(run, attacked(name), batches, jax.random.PRNGKey(seed))
@@ -268,17 +272,16 @@ def attack_suite(run: Run, names: Sequence[str] = PGD_SUITE, max_examples: int =
   return out
 
 
-def _attack_counts(run: Run, attack, kwargs):
-  """jit: (params, batch_stats, x, y, mask, rng, **traced) -> :func:`_count` under ``attack``.
+def _attack_counts(attack, kwargs):
+  """jit: (predict_fn, x, y, mask, rng, **traced) -> :func:`_count` under ``attack``.
 
   ``kwargs`` are fixed at trace time; keyword arguments of the call (eps, step size) override
   them as traced inputs, so a sweep over them reuses one compiled program.
   """
   @jax.jit
-  def fn(params, batch_stats, x, y, mask, rng, **traced):
-    logits_fn = functools.partial(run.apply, params, batch_stats)
-    x_adv = attack(logits_fn, x, y, rng, **{**kwargs, **traced})
-    return _count(logits_fn(x_adv), y, mask)
+  def fn(predict_fn, x, y, mask, rng, **traced):
+    x_adv = attack(predict_fn, x, y, rng, **{**kwargs, **traced})
+    return _count(predict_fn(x_adv), y, mask)
   return fn
 
 
@@ -288,7 +291,7 @@ def apgd_suite(run: Run, max_examples: int = 500, num_steps: int = 100,
   batches = list(run.batches(max_examples))
   out = {}
   for name, kwargs in (('apgd_ce', {}), ('apgd_t', {'num_target_classes': num_target_classes})):
-    fn = _attack_counts(run, attacks.get(name), dict(eps=8 / 255, num_steps=num_steps, **kwargs))
+    fn = _attack_counts(attacks.get(name), dict(eps=8 / 255, num_steps=num_steps, **kwargs))
     out[name] = _accuracy(run, fn, batches, jax.random.PRNGKey(seed))
     logging.info('attack %s: robust accuracy %.4f', name, out[name])
   out['settings'] = {'eps': 8 / 255, 'num_steps': num_steps,

@@ -378,8 +378,6 @@ class ANT(Method):
     """Hook: trains a fresh generator against the current (frozen) classifier; it replaces the
     current generator and its optimizer state. Parameters and BN statistics are untouched."""
     step = int(jax.device_get(state.step))
-    if self.ctx.total_steps and step >= self.ctx.total_steps:
-      return state  # the run is over: a new generator would never be used
     rng = common.stream_key(np.asarray(jax.device_get(state.rng)), 'ant/restart', step)
     init_rng, train_rng = jax.random.split(rng)
     channels = jax.tree.leaves(state.extras['gen'])[-1].shape[-1]

@@ -19,10 +19,11 @@ subnet.
    from a freshly initialised controller (``ews_controller_restart``; **a change from the
    paper**, whose controller carries on from search to search; why in
    :meth:`EWS.restart_controller`): sample ``C = ews_search_num_subnets`` (8) subnets
-   ``alpha_i ~ pi_theta`` from the LSTM controller (:mod:`jaxrobust.models.controller`), reward ``R_i = -accuracy(alpha_i, batch)``, and minimise
-   the REINFORCE loss ``-1/C sum_i (R_i - b) log pi(alpha_i) - w_H * mean_i H_i`` with a moving-
-   average baseline ``b <- d b + (1 - d) mean_i R_i`` (restarted from the mean reward of every
-   search's first batch) and an entropy bonus (Eq. 1: the controller learns to produce *weak*
+   ``alpha_i ~ pi_theta`` from the LSTM controller (:mod:`jaxrobust.models.controller`),
+   reward ``R_i = -accuracy(alpha_i, batch)``, and minimise the REINFORCE loss
+   ``-1/C sum_i (R_i - b) log pi(alpha_i) - w_H * mean_i H_i`` with a moving-average baseline
+   ``b <- d b + (1 - d) mean_i R_i`` (restarted from the mean reward of every search's first
+   batch) and an entropy bonus (Eq. 1: the controller learns to produce *weak*
    subnets). The adversarial variant (section 3.4.1, default for the adversarial bases) evaluates
    the subnets on PGD examples of the batch crafted on the full network with the base method's
    attack.
