@@ -166,3 +166,33 @@ def test_streaming_training_data_resumes_where_it_stopped():
       got = next(resumed)
       np.testing.assert_array_equal(got['label'], want['label'])
       np.testing.assert_array_equal(got['image'], want['image'])
+
+
+
+def test_streaming_eval_reads_exactly_the_first_max_examples(tmp_path):
+  # Streaming (large TFDS sets) with max_examples over 3 processes reads the first 7 examples of
+  # the split once each, in order, like the in-memory path; not the first 3 of each process's
+  # share of the split. A real on-disk TFDS set: mock_data ignores split slicing.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (11, 8, 8, 3), dtype=np.uint8)
+  tfds.dataset_builders.TfDataBuilder(
+      name='eleven_images', version='1.0.0', data_dir=str(tmp_path),
+      split_datasets={'test': tf.data.Dataset.from_tensor_slices(
+          {'image': images, 'label': np.arange(11) % 5})},
+      features=tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
+                                           'label': tfds.features.ClassLabel(num_classes=5)}),
+  ).download_and_prepare()
+  info = data.DatasetInfo('eleven_images', 'tfds', 5, (8, 8, 3), {'test': 11}, 'test', 'test',
+                          data.IMAGENET_MEAN, data.IMAGENET_STD, 'none', in_memory=False)
+  whole = next(data.eval_iterator(info, global_batch_size=11, data_dir=str(tmp_path)))
+  assert whole['mask'].sum() == 11
+  read, batches = [], set()
+  for p in range(3):
+    parts = list(data.eval_iterator(info, global_batch_size=6, max_examples=7,
+                                    data_dir=str(tmp_path), process_index=p, process_count=3))
+    batches.add(len(parts))
+    read += [b['image'][b['mask'] > 0] for b in parts]
+  assert batches == {2}  # every process yields as many batches
+  np.testing.assert_array_equal(np.concatenate(read), whole['image'][:7])

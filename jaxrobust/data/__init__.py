@@ -407,11 +407,12 @@ def eval_iterator(info: DatasetInfo, *, global_batch_size: int, split: Optional[
     ds = tf.data.Dataset.from_tensor_slices((source.images[idx], source.labels[idx]))
   else:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-    sub = tfds.split_for_jax_process(split, drop_remainder=False)
+    # The first n examples of the split, dealt out evenly (4, 4, 3 for n = 11 and 3 processes),
+    # like the in-memory path: not the first n / P examples of each process's share of the split.
+    sub = tfds.split_for_jax_process(split if max_examples is None else f'{split}[:{n}]',
+                                     process_index=process_index, process_count=process_count)
     ds = tfds.load(info.name, split=sub, data_dir=data_dir, shuffle_files=False)
     ds = ds.map(lambda ex: (ex['image'], ex['label']))
-    if max_examples is not None:
-      ds = ds.take(per_process)
   ds = ds.map(lambda im, lb: (transform(im, tf.zeros([2], tf.int64)), tf.cast(lb, tf.int32)),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(local).prefetch(2)
   produced = 0
