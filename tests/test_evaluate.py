@@ -198,3 +198,48 @@ def test_embed_table_replaces_only_the_marked_block(tmp_path):
   readme.write_text('no markers here\n')
   with pytest.raises(ValueError, match='t_table:start'):
     comparison.embed_table(str(readme), '| b |', name='t')
+
+
+def test_corruption_suite_streams_the_split_once_and_scores_every_corruption(trained,
+                                                                            monkeypatch):
+  # One pass over the eval split, each batch scored under every corruption x severity before the
+  # next is read (so one batch is on device at a time), with the images of batch i corrupted with
+  # batch i's key, as a direct per-corruption computation gives.
+  real_iterator, real_counts_fn, calls, scored, scored_before_batch = (
+      runner.data.eval_iterator, runner._counts_fn, [], [], [])
+
+  def recording(info, **kwargs):
+    calls.append(kwargs)
+    for b in real_iterator(info, **kwargs):
+      scored_before_batch.append(len(scored))
+      yield b
+
+  def counting_counts_fn():
+    fn = real_counts_fn()
+    def counted(*args):
+      scored.append(1)
+      return fn(*args)
+    return counted
+
+  monkeypatch.setattr(runner.data, 'eval_iterator', recording)
+  monkeypatch.setattr(runner, '_counts_fn', counting_counts_fn)
+  run = runner.load_run(trained)
+  run.config.eval_batch_size = 16  # three batches of 40 examples, the last one padded
+  names, severities = ('gaussian_noise', 'contrast'), (1, 5)
+  errors = runner.corruption_suite(run, names=names, severities=severities, max_examples=40,
+                                   seed=3)['errors']
+  assert len(calls) == 1 and scored_before_batch == [0, 4, 8]
+  batches = list(run.batches(max_examples=40))
+  assert len(batches) == 3
+  for name in names:
+    for s in severities:
+      correct = total = 0
+      for i, b in enumerate(batches):
+        x = runner.corruptions.corrupt(b['image'], name=name, severity=s,
+                                       rng=jax.random.fold_in(jax.random.PRNGKey(3), i))
+        hit = np.argmax(run.logits_fn(x), -1) == np.asarray(b['label'])
+        correct += int(np.sum(hit * np.asarray(b['mask'])))
+        total += int(np.sum(b['mask']))
+      assert total == 40
+      assert errors[name][s] == pytest.approx(1.0 - correct / 40), (name, s)
+  assert errors['contrast'][5] > errors['contrast'][1]
