@@ -22,6 +22,7 @@ robust but its clean running statistics do not fit the corrupted images.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Optional, Sequence
@@ -74,23 +75,29 @@ def primary_and_head_accuracy(run: runner.Run, severities: Optional[Sequence[int
     return hit(out['logits']), hit(aux), jnp.sum(mask)
 
   counts = jax.jit(counts, static_argnums=(3, 4))
-  batches = list(run.batches(max_examples))
+  cases = [(j, name, int(sev), jax.jit(functools.partial(corruptions.corrupt, name=name,
+                                                           severity=sev)))
+           for j, name in enumerate(method.corruption_names)
+           for sev in severities or (method.severities[j],)]
+  modes = ((False, 'running'), (True, 'batch'))
+  # One pass over the split, as runner.corruption_suite: each batch is scored under every case
+  # while it is on device, and the counts are summed there and fetched once.
+  totals = {(name, sev, tag): 0 for _, name, sev, _ in cases for _, tag in modes}
+  for i, b in enumerate(run.batches(max_examples)):
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    for j, name, sev, corrupt in cases:
+      x = corrupt(b['image'], rng=rng)
+      for mode, tag in modes:
+        totals[name, sev, tag] += jnp.stack(counts(x, b['label'], b['mask'], j, mode))
   out = {}
-  for j, name in enumerate(method.corruption_names):
-    out[name] = {}
-    for sev in severities or (method.severities[j],):
-      corrupt = jax.jit(lambda x, r, n=name, s=sev: corruptions.corrupt(x, n, s, r))
-      res = {}
-      for mode, tag in ((False, 'running'), (True, 'batch')):
-        c = np.zeros(3)
-        for i, b in enumerate(batches):
-          x = corrupt(b['image'], jax.random.fold_in(jax.random.PRNGKey(seed), i))
-          c += np.asarray([float(v) for v in counts(x, b['label'], b['mask'], j, mode)])
-        res[f'primary_{tag}'], res[f'head_{tag}'] = c[0] / c[2], c[1] / c[2]
-      out[name][int(sev)] = res
-      logging.info('%s s%d: %s', name, sev, ' '.join(f'{k} {100 * v:.1f}' for k, v in res.items()))
+  for _, name, sev, _ in cases:
+    res = {}
+    for _, tag in modes:
+      primary, head_hits, n = np.asarray(totals[name, sev, tag], np.float64)
+      res[f'primary_{tag}'], res[f'head_{tag}'] = primary / n, head_hits / n
+    out.setdefault(name, {})[sev] = res
+    logging.info('%s s%d: %s', name, sev, ' '.join(f'{k} {100 * v:.1f}' for k, v in res.items()))
   return out
-
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'An Auxiliary Training run.')
