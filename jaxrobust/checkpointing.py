@@ -19,6 +19,8 @@ Restore procedure (:meth:`Checkpointer.restore`), newest step first:
 
 In a multi-process run every process calls every method (saves and restores are collective);
 processes agree on whether a restore succeeded, and only process 0 moves directories.
+
+Workdirs may be local paths or URIs such as ``gs://bucket/run`` (:func:`as_path`).
 """
 
 import os
@@ -30,12 +32,27 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 UNREADABLE_DIR = 'checkpoints_unreadable'
 
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint exists but belongs to a different model/method configuration."""
+
+
+def as_path(path) -> epath.Path:
+  """A run's directory as a path object: a URI (``gs://bucket/run``) as it is, a local path absolute.
+
+  Every file of a run (checkpoints, config, metrics, results, reports) goes through this.
+  ``os.path.abspath('gs://b/run')`` is ``<cwd>/gs:/b/run``: a run on a Cloud TPU VM would
+  silently write to the VM's disk, lost with the VM, and each host of a pod to its own disk.
+  Local paths are made absolute because orbax refuses relative ones.
+  """
+  path = str(path)
+  if '://' in path:
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.path.expanduser(path)))
 
 
 # ----------------------------------------------------------------------------- tree comparison
@@ -147,9 +164,9 @@ class Checkpointer:
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f'keep_checkpoints={max_to_keep} must be >= 1.')
-    self.workdir = os.path.abspath(workdir)
-    self.directory = os.path.join(self.workdir, 'checkpoints')
-    self.unreadable_directory = os.path.join(self.workdir, UNREADABLE_DIR)
+    self.workdir = as_path(workdir)
+    self.directory = self.workdir / 'checkpoints'
+    self.unreadable_directory = self.workdir / UNREADABLE_DIR
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
     # Registering the handler up front makes item_metadata() readable before any restore.
@@ -180,15 +197,15 @@ class Checkpointer:
   def _set_aside(self, step: int) -> str:
     """Moves an unreadable step out of orbax's directory (process 0); returns where it went."""
     _barrier(f'jaxrobust_before_set_aside_{step}')  # every process picks the same name
-    src = os.path.join(self.directory, str(step))
-    dst = os.path.join(self.unreadable_directory, str(step))
+    src = self.directory / str(step)
+    dst = self.unreadable_directory / str(step)
     n = 1
-    while os.path.exists(dst):
-      dst = os.path.join(self.unreadable_directory, f'{step}.{n}')
+    while dst.exists():
+      dst = self.unreadable_directory / f'{step}.{n}'
       n += 1
-    if jax.process_index() == 0 and os.path.exists(src):
-      os.makedirs(self.unreadable_directory, exist_ok=True)
-      os.replace(src, dst)
+    if jax.process_index() == 0 and src.exists():
+      self.unreadable_directory.mkdir(parents=True, exist_ok=True)
+      src.rename(dst)
     _barrier(f'jaxrobust_set_aside_{step}')
     self.manager.reload()
     return dst
@@ -237,26 +254,26 @@ class Checkpointer:
     self.manager.close()
 
 
-def checkpoints_dir(path: str) -> str:
+def checkpoints_dir(path) -> epath.Path:
   """``<path>/checkpoints``, or ``path`` itself if it is one; ValueError if it does not exist."""
-  directory = path if os.path.basename(os.path.normpath(path)) == 'checkpoints' else os.path.join(
-      path, 'checkpoints')
-  if not os.path.isdir(directory):
+  path = as_path(path)
+  directory = path if path.name == 'checkpoints' else path / 'checkpoints'
+  if not directory.is_dir():
     raise ValueError(f'No checkpoints directory at {directory}.')
   return directory
 
 
-def load_arrays(workdir: str, step: Optional[int] = None) -> tuple[dict, int]:
+def load_arrays(workdir, step: Optional[int] = None) -> tuple[dict, int]:
   """Reads a saved train state as nested dicts/lists of numpy arrays (no model needed).
 
   Args:
-    workdir: a run's workdir (or its ``checkpoints`` directory).
+    workdir: a run's workdir (or its ``checkpoints`` directory), local or a URI.
     step: the step to read; the newest if None.
 
   Returns:
     ``(tree, step)`` where ``tree`` has ``'params'``, ``'batch_stats'``, ``'opt_state'``, ...
   """
-  directory = os.path.abspath(checkpoints_dir(workdir))  # orbax refuses relative paths
+  directory = checkpoints_dir(workdir)
   mgr = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
   try:
     step = mgr.latest_step() if step is None else step
@@ -267,7 +284,7 @@ def load_arrays(workdir: str, step: Optional[int] = None) -> tuple[dict, int]:
     mgr.close()
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
   arrays = ocp.PyTreeCheckpointer().restore(
-      os.path.join(directory, str(step), 'default'),
+      directory / str(step) / 'default',
       args=ocp.args.PyTreeRestore(restore_args=restore_args))
   return arrays, step
 

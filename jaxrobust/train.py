@@ -8,7 +8,6 @@ Usable from Colab::
 """
 
 import json
-import os
 import time
 
 import jax
@@ -222,15 +221,16 @@ class MetricsLog:
     # imported here: clu pulls in TensorFlow (seconds), which validate_config must not wait for
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
     self.primary = jax.process_index() == 0
+    workdir = checkpointing.as_path(workdir)
     self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not self.primary, asynchronous=False)
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+        str(workdir), just_logging=not self.primary, asynchronous=False)
+    self.path = workdir / 'metrics.jsonl'
 
   def write(self, step: int, kind: str, values: dict) -> None:
     values = {k: float(v) for k, v in values.items()}
     self.writer.write_scalars(step, {f'{kind}/{k}': v for k, v in values.items()})
     if self.primary:
-      with open(self.path, 'a') as f:
+      with self.path.open('a') as f:
         f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
 
   def close(self):
@@ -264,12 +264,11 @@ def config_changes(config, workdir) -> tuple[dict, list]:
     every (dotted, nested) key whose value differs; ``'<unset>'`` stands for a missing key.
   """
   current = json.loads(config.to_json_best_effort())
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = checkpointing.as_path(workdir) / 'config.json'
+  if not path.exists():
     return current, []
   try:
-    with open(path) as f:
-      previous = json.load(f)
+    previous = json.loads(path.read_text())
   except (OSError, ValueError) as e:
     logging.warning('Cannot read the previous %s (%s); not comparing configs.', path, e)
     return current, []
@@ -281,8 +280,8 @@ def config_changes(config, workdir) -> tuple[dict, list]:
 
 def _write_config(current: dict, workdir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
+    (checkpointing.as_path(workdir) / 'config.json').write_text(
+        json.dumps(current, indent=2, sort_keys=True))
 
 
 def _warn_config_changes(changes: list) -> None:
@@ -305,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   info, method, model, tx, mesh, steps_per_epoch = build(config, mesh)
   if config.get('init_from', ''):
     _init_from_dir(config.init_from)  # a bad path fails now, not after initialisation
-  os.makedirs(workdir, exist_ok=True)
+  checkpointing.as_path(workdir).mkdir(parents=True, exist_ok=True)
   current_config, config_diff = config_changes(config, workdir)
   _warn_config_changes(config_diff)  # config.json is rewritten once the checkpoint matches
   total_steps = int(config.num_epochs * steps_per_epoch)
@@ -460,8 +459,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              'wall_time_s': earlier['wall_time_s'] + time.time() - start_time,
              **{f'eval_{k}': v for k, v in eval_results.items()}}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+    (checkpointing.as_path(workdir) / 'results.json').write_text(json.dumps(results, indent=2))
   return state, results
 
 
@@ -473,11 +471,14 @@ def _totals_before(workdir: str, start_step: int) -> dict:
   however often it was preempted. (After a crash, which writes no results, they restart at 0.)
   """
   totals = {'wall_time_s': 0.0, 'skipped_updates': 0}
-  path = os.path.join(workdir, 'results.json')
-  if start_step == 0 or not os.path.exists(path):
+  path = checkpointing.as_path(workdir) / 'results.json'
+  if start_step == 0 or not path.exists():
     return totals
-  with open(path) as f:
-    earlier = json.load(f)
+  try:
+    earlier = json.loads(path.read_text())
+  except (OSError, ValueError) as e:  # e.g. cut short by a kill while being written
+    logging.warning('Cannot read %s (%s); wall time and skipped updates count from 0.', path, e)
+    return totals
   if earlier.get('stopped_by') and earlier.get('step') == start_step:
     totals = {'wall_time_s': float(earlier.get('wall_time_s', 0.0)),
               'skipped_updates': int(earlier.get('skipped_updates', 0))}

@@ -676,3 +676,33 @@ def test_bad_input_fails_early_with_a_message(case_id, kind, value, expected, tm
   assert re.search(expected, message), message
   _TABLE[case_id] = (tried, message.replace(str(tmp_path), '<tmp>').replace(
       str(pathlib.Path(tmp_path).resolve()), '<tmp>'))
+
+
+def test_a_uri_workdir_is_used_as_it_is(tmp_path, monkeypatch):
+  # A gs:// workdir must reach the file layer unchanged: os.path.abspath would turn it into the
+  # local directory <cwd>/gs:/bucket/run and the run would silently write to the VM's disk.
+  # Here gs://bucket/... is served from a local folder, and the working directory is watched.
+  assert str(checkpointing.as_path('gs://bucket/run')) == 'gs://bucket/run'
+  assert str(checkpointing.as_path('gs://bucket/run') / 'checkpoints') == 'gs://bucket/run/checkpoints'
+  monkeypatch.chdir(tmp_path)
+  assert str(checkpointing.as_path('rel/run')) == str(tmp_path / 'rel' / 'run')
+  bucket, real_as_path = tmp_path / 'bucket', checkpointing.as_path
+
+  def served_locally(path):
+    path = str(path)
+    return real_as_path(bucket / path[len('gs://bucket/'):] if path.startswith('gs://') else path)
+
+  monkeypatch.setattr(checkpointing, 'as_path', served_locally)
+  (tmp_path / 'cwd').mkdir()
+  monkeypatch.chdir(tmp_path / 'cwd')
+  config = tiny_config(num_epochs=0.25, eval_every_epochs=0.25)
+  _, results = train.train_and_evaluate(config, 'gs://bucket/run')
+  run = bucket / 'run'
+  assert json.loads((run / 'results.json').read_text())['step'] == results['step'] > 0
+  assert (run / 'config.json').exists() and (run / 'metrics.jsonl').exists()
+  assert checkpointing.load_arrays('gs://bucket/run')[1] == results['step']
+  from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
+  loaded = runner.load_run('gs://bucket/run')
+  runner.run_suites(loaded, ['clean'], out_dir='gs://bucket/run/eval', max_examples=32)
+  assert {p.name for p in (run / 'eval').iterdir()} == {'report.json', 'summary.md'}
+  assert list((tmp_path / 'cwd').iterdir()) == []  # nothing written under gs:/ locally

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import json
 import os
+import tempfile
 import time
 from typing import Any, Optional, Sequence
 
@@ -25,8 +26,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
-from jaxrobust import attacks, corruptions, data, models, parallel
+from jaxrobust import attacks, checkpointing, corruptions, data, models, parallel
 from jaxrobust.evaluation import clean, frequency, metrics, noise_robustness, plots
 
 SUITES = ('clean', 'corruptions', 'tfds_corruptions', 'pgd', 'apgd', 'eps_star', 'frequency')
@@ -121,13 +123,12 @@ def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = mo
     with_method: also set up the run's method and read its extras (EWS's controller, ANT's
       generators, ...) as host arrays, for analyses that need them.
   """
-  from jaxrobust import checkpointing, train  # pylint: disable=g-import-not-at-top
+  from jaxrobust import train  # pylint: disable=g-import-not-at-top
   from jaxrobust.methods.base import Context  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  path = checkpointing.as_path(workdir) / 'config.json'
+  if not path.exists():
     raise ValueError(f'{workdir!r} is not a training workdir: no config.json.')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(path.read_text()))
   for key, value in (overrides or {}).items():
     config[key] = value
   config.init_from = ''  # the run's own checkpoint is what gets loaded
@@ -371,8 +372,8 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
   if unknown:
     raise ValueError(f'Unknown suite(s) {unknown}; valid: {", ".join(SUITES)}.')
   severities = check_severities(corruption_severities)
-  out_dir = out_dir or os.path.join(run.workdir, f'eval_{run.domain}')
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = str(out_dir or checkpointing.as_path(run.workdir) / f'eval_{run.domain}')
+  checkpointing.as_path(out_dir).mkdir(parents=True, exist_ok=True)  # a bad path fails now
   report = {'workdir': run.workdir, 'step': run.step, 'domain': run.domain,
             'model': run.config.model, 'method': run.config.method, 'dataset': run.info.name,
             'devices': run.mesh.devices.size, 'timings_s': {}}
@@ -416,7 +417,19 @@ def _json_default(o):
 
 
 def write_report(report: dict, out_dir: str) -> None:
-  """report.json, one CSV per table, summary.md and PNG plots."""
+  """report.json, one CSV per table, summary.md and PNG plots, in ``out_dir`` (local or a URI)."""
+  if '://' not in str(out_dir):
+    return _write_report_files(report, out_dir)
+  # matplotlib and numpy write local files: write them here, then copy them (gs://...)
+  with tempfile.TemporaryDirectory() as local:
+    _write_report_files(report, local)
+    dst = checkpointing.as_path(out_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in sorted(os.listdir(local)):
+      epath.Path(local, name).copy(dst / name, overwrite=True)
+
+
+def _write_report_files(report: dict, out_dir: str) -> None:
   with open(os.path.join(out_dir, 'report.json'), 'w') as f:
     json.dump(report, f, indent=1, default=_json_default)
   lines = [f'# Evaluation of `{report["workdir"]}`', '',
