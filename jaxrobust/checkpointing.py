@@ -10,9 +10,11 @@ Restore procedure (:meth:`Checkpointer.restore`), newest step first:
    from the run's state, raise :class:`CheckpointMismatchError` naming what differs (e.g. the
    ``batch_stats/aux`` statistics a method needs): a checkpoint of another model or method is a
    user error, never a reason to fall back or to start from scratch.
-2. Restore the arrays into the run's structure and shardings. If that fails (truncated or
-   corrupted files, missing metadata, an empty step directory), warn, move the step directory
-   to ``<workdir>/checkpoints_unreadable/<step>`` — kept for inspection, never deleted — and try
+2. Restore the arrays into the run's structure and shardings. If that fails because the machine
+   or the storage did (out of memory, storage unavailable, no permission), raise and leave every
+   step in place. If it fails otherwise (truncated or corrupted files, missing metadata, an
+   empty step directory), warn, move the step directory to
+   ``<workdir>/checkpoints_unreadable/<step>`` — kept for inspection, never deleted — and try
    the next older step. Moving it aside matters: orbax would otherwise keep it as the "latest"
    step and refuse to save that step again, so the resumed run could never replace it.
 3. No readable step left: start from scratch, with a warning if there were steps.
@@ -158,6 +160,19 @@ def _barrier(name: str) -> None:
 # ----------------------------------------------------------------------------- checkpointer
 
 
+# Restore errors that say the machine or the storage failed, not the checkpoint's files.
+_TROUBLE_MARKERS = ('RESOURCE_EXHAUSTED', 'out of memory', 'UNAVAILABLE', 'DEADLINE_EXCEEDED',
+                    'PERMISSION_DENIED', 'UNAUTHENTICATED')
+
+
+def _machine_or_storage_trouble(error: Exception) -> bool:
+  """Whether a restore failed for a reason other than damaged files (out of memory, storage
+  unreachable, no permission): such a checkpoint must be left in place, not set aside."""
+  text = f'{type(error).__name__}: {error}'.lower()
+  return (isinstance(error, (MemoryError, PermissionError, ConnectionError, TimeoutError)) or
+          any(m.lower() in text for m in _TROUBLE_MARKERS))
+
+
 class Checkpointer:
   """Saves and restores train states under ``<workdir>/checkpoints`` (see module docstring)."""
 
@@ -234,11 +249,18 @@ class Checkpointer:
             f'Checkpoint {self.directory}/{step} was written by a different model or method: '
             f'{problem or "its structure differs on another process"}. Use a fresh --workdir, '
             'or the config that wrote it.')
-      error, state = None, None
+      error, state, trouble = None, None, False
       try:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # pylint: disable=broad-except
         error = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:300]}'
+        trouble = _machine_or_storage_trouble(e)
+      if _any_process(trouble):
+        raise RuntimeError(
+            f'Could not read checkpoint {self.directory}/{step}: '
+            f'{error if trouble else "failed on another process"}. This looks like a '
+            'problem of the machine or the storage (memory, network, permissions), not a '
+            'damaged checkpoint, so it was left in place: fix it and run again to resume.')
       if _all_processes(error is None):
         return state, step
       moved = self._set_aside(step)

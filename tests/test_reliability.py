@@ -165,6 +165,8 @@ def test_resumed_run_carries_on_the_totals_of_the_run_it_resumes(tmp_path):
   (tmp_path / 'results.json').write_text(json.dumps(
       {'step': 40, 'stopped_by': None, 'wall_time_s': 125.0, 'skipped_updates': 3}))
   assert totals(40) == (0.0, 0)   # a finished run is not resumed
+  (tmp_path / 'results.json').write_text('{"step": 40, "stopped_by": "SIGT')
+  assert totals(40) == (0.0, 0)   # cut short by a kill: the resume goes on, counting from 0
 
 
 def test_preemption_handler_second_signal_aborts_and_handlers_are_restored():
@@ -296,6 +298,28 @@ def test_truncated_newest_checkpoint_falls_back_and_is_kept(tmp_path, caplog):
   assert {str(f.relative_to(kept)): f.stat().st_size
           for f in sorted(kept.rglob('*')) if f.is_file()} == sizes  # the same files, untouched
   assert sorted(os.listdir(directory)) == ['1', '2']
+
+
+@pytest.mark.parametrize('error', [
+    RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB.'),
+    ValueError('UNAVAILABLE: Error reading "params/w" from gs://bucket/run: 503'),
+    PermissionError(13, 'Permission denied')])
+def test_a_machine_or_storage_failure_leaves_every_checkpoint_in_place(tmp_path, error):
+  # Out of memory or unreachable storage says nothing about the files: setting the good steps
+  # aside would silently restart training from step 0.
+  directory = _saved(tmp_path)
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+
+  def failing(*args, **kwargs):
+    raise error
+
+  ckpt.manager.restore = failing
+  with pytest.raises(RuntimeError, match=r'Could not read checkpoint .*checkpoints/3: .*left in '
+                                         r'place'):
+    ckpt.restore(_state(0.0))
+  ckpt.close()
+  assert sorted(os.listdir(directory)) == ['1', '2', '3']
+  assert not (tmp_path / checkpointing.UNREADABLE_DIR).exists()
 
 
 def test_partial_tmp_directory_is_ignored_and_empty_step_directory_skipped(tmp_path, caplog):
