@@ -500,19 +500,32 @@ def _init_from(path: str, state: TrainState) -> TrainState:
     raw, step = checkpointing.load_arrays(directory)
   except ValueError as e:
     raise ValueError(f'init_from={path!r}: {e}') from e
-  params = _merge(state.params, raw['params'], 'params')
+  params, copied = _merge(state.params, raw['params'], 'params')
+  if not copied:  # e.g. another architecture: nothing would be transferred, silently
+    raise ValueError(f'init_from={path!r}: none of its parameters has a name of this model '
+                     f'(e.g. it has {sorted(raw["params"])[:4]}, this model '
+                     f'{sorted(state.params)[:4]}); was it trained with another architecture?')
+  if models.MAIN not in raw['batch_stats']:
+    raise ValueError(f'init_from={path!r}: it has no {models.MAIN!r} BatchNorm statistics (it '
+                     f'has {sorted(raw["batch_stats"])}).')
   stats = dict(state.batch_stats)
   for domain in stats:  # every domain starts from the source run's main statistics
     src = raw['batch_stats'].get(domain, raw['batch_stats'][models.MAIN])
-    stats[domain] = _merge(state.batch_stats[domain], src, f'batch_stats/{domain}')
-  logging.info('Initialised params and BN statistics from %s (step %d).', directory, step)
+    stats[domain], _ = _merge(state.batch_stats[domain], src, f'batch_stats/{domain}')
+  logging.info('Initialised %d of %d param arrays and the BN statistics from %s (step %d).',
+               copied, len(jax.tree.leaves(state.params)), directory, step)
   return state.replace(params=params, batch_stats=stats)
 
 
 def _merge(target, source, what):
-  """Copies ``source`` leaves into ``target``'s structure/sharding; missing ones keep target's."""
+  """Copies ``source`` leaves into ``target``'s structure/sharding; missing ones keep target's.
+
+  Returns:
+    ``(merged, number of leaves copied from source)``.
+  """
   flat_src = {jax.tree_util.keystr(p): v for p, v in
               jax.tree_util.tree_flatten_with_path(source)[0]}
+  copied = []
 
   def pick(path, t):
     key = jax.tree_util.keystr(path)
@@ -522,5 +535,6 @@ def _merge(target, source, what):
     v = np.asarray(flat_src[key])
     if v.shape != t.shape:
       raise ValueError(f'init_from: {what}{key} has shape {v.shape}, this model needs {t.shape}.')
+    copied.append(key)
     return jax.device_put(v.astype(t.dtype), t.sharding)
-  return jax.tree_util.tree_map_with_path(pick, target)
+  return jax.tree_util.tree_map_with_path(pick, target), len(copied)

@@ -730,3 +730,31 @@ def test_a_uri_workdir_is_used_as_it_is(tmp_path, monkeypatch):
   runner.run_suites(loaded, ['clean'], out_dir='gs://bucket/run/eval', max_examples=32)
   assert {p.name for p in (run / 'eval').iterdir()} == {'report.json', 'summary.md'}
   assert list((tmp_path / 'cwd').iterdir()) == []  # nothing written under gs:/ locally
+
+
+def test_init_from_a_run_it_cannot_use_is_an_error(tmp_path):
+  # A source run whose parameter names match nothing of this model would leave every weight at
+  # its random initialisation while the log said "initialised from": an error instead.
+  import flax  # pylint: disable=g-import-not-at-top
+
+  @flax.struct.dataclass
+  class State:
+    params: dict
+    batch_stats: dict
+
+  _saved(tmp_path / 'src', steps=(1,))  # params {'w', 'b'}, statistics of 'main'
+  other_model = State(params={'conv': {'kernel': jnp.zeros((3, 3))}},
+                      batch_stats={'main': {'mean': jnp.zeros(3)}})
+  with pytest.raises(ValueError, match=r"init_from='.*src': none of its parameters has a name of "
+                                       r"this model \(e.g. it has \['b', 'w'\], this model "
+                                       r"\['conv'\]\)"):
+    train._init_from(str(tmp_path / 'src'), other_model)
+  same_model = State(params={'w': jnp.zeros(4), 'b': jnp.zeros(2)},
+                     batch_stats={'main': {'mean': jnp.zeros(3)}})
+  merged = train._init_from(str(tmp_path / 'src'), same_model)
+  assert float(merged.params['w'][0]) == 1.0 and float(merged.batch_stats['main']['mean'][0]) == 1.0
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'aux_only'))
+  ckpt.save(1, _state(1.0, domains=('aux',)))
+  ckpt.close()
+  with pytest.raises(ValueError, match=r"it has no 'main' BatchNorm statistics \(it has \['aux'\]\)"):
+    train._init_from(str(tmp_path / 'aux_only'), same_model)
