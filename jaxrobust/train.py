@@ -342,6 +342,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               f'{k} ({old!r} -> {new!r})' for k, old, new in config_diff[:8]) +
           (' ...' if len(config_diff) > 8 else '') + '.') from None
     raise
+  if restored is not None and restored_step > total_steps:
+    # the loop would not run, and the final save would label this state with the smaller step
+    ckpt.close()
+    raise ValueError(f'The checkpoint in {workdir} is at step {restored_step}, past the '
+                     f'{total_steps} steps of this config (num_epochs={config.num_epochs}). Raise '
+                     'num_epochs to continue it, or use a fresh --workdir.')
   # config.json describes the checkpoints: written once they are known to match this config.
   _write_config(current_config, workdir)
   if restored is not None:

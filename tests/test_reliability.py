@@ -758,3 +758,18 @@ def test_init_from_a_run_it_cannot_use_is_an_error(tmp_path):
   ckpt.close()
   with pytest.raises(ValueError, match=r"it has no 'main' BatchNorm statistics \(it has \['aux'\]\)"):
     train._init_from(str(tmp_path / 'aux_only'), same_model)
+
+
+def test_resuming_past_the_configured_steps_is_an_error(tmp_path):
+  # Lowering num_epochs below a run's checkpoint must not relabel that state as an earlier step.
+  _, results = train.train_and_evaluate(tiny_config(num_epochs=0.5), str(tmp_path))
+  config_before = (tmp_path / 'config.json').read_text()
+  with pytest.raises(ValueError, match=rf"checkpoint in .* is at step {results['step']}, past the "
+                                       r"\d+ steps of this config \(num_epochs=0.25\)"):
+    train.train_and_evaluate(tiny_config(num_epochs=0.25), str(tmp_path))
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  assert ckpt.all_steps()[-1] == results['step']
+  ckpt.close()
+  assert (tmp_path / 'config.json').read_text() == config_before
+  _, again = train.train_and_evaluate(tiny_config(num_epochs=0.5), str(tmp_path))  # finished
+  assert again['step'] == results['step']
