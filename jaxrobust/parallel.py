@@ -34,13 +34,27 @@ def _env_int(name: str, value):
     raise ValueError(f'{name.lower().replace("jax_", "")}={raw!r} must be an integer.') from None
 
 
+def _on_cloud_tpu_vm() -> bool:
+  """Whether ``import jax`` found a Cloud TPU VM (libtpu and TPU chips).
+
+  Plain Cloud TPU VMs (``gcloud ... tpu-vm ssh --worker=all``) set no environment variable that
+  names the other hosts; ``jax.distributed.initialize()`` finds them in the VM's metadata.
+  """
+  try:
+    from jax._src import cloud_tpu_init  # pylint: disable=g-import-not-at-top
+  except ImportError:  # moved in a later JAX: fall back to TPU_WORKER_HOSTNAMES alone
+    return False
+  return bool(getattr(cloud_tpu_init, 'running_in_cloud_tpu_vm', False))
+
+
 def distributed_kwargs(coordinator_address=None, num_processes=None, process_id=None,
                        local_device_ids=None) -> Optional[dict]:
   """The ``jax.distributed.initialize`` arguments for this process; None for a single process.
 
   Flags win over the standard environment variables ``JAX_COORDINATOR_ADDRESS``,
-  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. On a Cloud TPU pod (``TPU_WORKER_HOSTNAMES``
-  lists several hosts) JAX finds everything itself. A coordinator on a loopback address binds to
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. On a Cloud TPU VM (one host or a pod slice;
+  on GKE ``TPU_WORKER_HOSTNAMES`` lists the hosts) JAX finds everything itself: the result is
+  ``{}``, and orbax's multi-host checkpointing has the distributed client it needs. A coordinator on a loopback address binds to
   that address only (JAX's default binds every interface).
 
   Raises:
@@ -51,7 +65,7 @@ def distributed_kwargs(coordinator_address=None, num_processes=None, process_id=
   num_processes = _env_int('JAX_NUM_PROCESSES', num_processes)
   process_id = _env_int('JAX_PROCESS_ID', process_id)
   address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS') or None
-  on_tpu_pod = bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','))
+  on_tpu_pod = bool(os.environ.get('TPU_WORKER_HOSTNAMES', '').count(',')) or _on_cloud_tpu_vm()
   if num_processes is not None and num_processes < 1:
     raise ValueError(f'num_processes={num_processes} must be >= 1.')
   if not ((num_processes or 1) > 1 or on_tpu_pod):

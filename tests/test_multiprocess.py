@@ -185,3 +185,8 @@ def test_distributed_arguments_from_flags_and_environment(monkeypatch):
   monkeypatch.delenv('JAX_PROCESS_ID')
   monkeypatch.setenv('TPU_WORKER_HOSTNAMES', 'host-0,host-1')  # a pod: JAX finds the rest
   assert parallel.distributed_kwargs() == {}
+  monkeypatch.delenv('TPU_WORKER_HOSTNAMES')
+  assert not parallel._on_cloud_tpu_vm()  # this CPU machine
+  # a Cloud TPU VM launched with gcloud --worker=all: no variable names the hosts
+  monkeypatch.setattr(parallel, '_on_cloud_tpu_vm', lambda: True)
+  assert parallel.distributed_kwargs() == {}
