@@ -158,12 +158,18 @@ def test_missing_corruptions_and_severities_raise_clear_errors(tmp_path):
   partial_model = {c: v for c, v in table.items() if c != 'snow'}
   with pytest.raises(ValueError, match="errors lacks corruption\\(s\\) \\['snow'\\]"):
     M.mce(partial_model)
-  # AlexNet averages cover severities 1..5, so a 3-severity table cannot use them
+  # averages over severities 1..5 cannot normalise a 3-severity table
   three = {c: {s: per[s] for s in (1, 2, 3)} for c, per in table.items()}
   with pytest.raises(ValueError, match='evaluate all five'):
-    M.mce(three)
-  # ... but a per-severity baseline works on the same severities
+    M.mce(three, dict(M.ALEXNET_ERRORS))
+  # ... but per-severity errors can, on the same severities: 'alexnet' gives them (an ImageNet
+  # evaluation at severity 3 only is normalised by AlexNet's severity-3 errors)
   assert M.mce(three, table) == pytest.approx(1.0)
+  assert M.mce(three) == pytest.approx(1.0)
+  only3 = {c: {3: 0.5} for c in M.STANDARD_CORRUPTIONS}
+  assert M.mce(only3) == pytest.approx(np.mean(
+      [0.5 / per[2] for per in M.ALEXNET_ERRORS_PER_SEVERITY.values()]))
+  assert 'mce_normalized' in M.corruption_summary(only3, clean_error=0.3)
   with pytest.raises(ValueError, match='invalid'):
     M.mce(table, str(tmp_path / 'no_such_file.json'))
   with pytest.raises(ValueError, match='baseline_clean_error is required'):

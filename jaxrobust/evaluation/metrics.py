@@ -321,11 +321,15 @@ def resolve_baseline(baseline: Baseline) -> dict[str, Any]:
   """Turns a baseline spec into ``corruption -> float | {severity: float}``.
 
   Args:
-    baseline: ``'alexnet'`` (the published ImageNet-C AlexNet errors), a path
-      to a JSON file (see :func:`load_baseline_errors`), or a mapping.
+    baseline: ``'alexnet'`` (the published ImageNet-C AlexNet errors: per
+      severity for the 15 standard corruptions, so that a model evaluated on
+      some severities is normalised by AlexNet's errors at the same ones; the
+      averages for the 4 extra), a path to a JSON file (see
+      :func:`load_baseline_errors`), or a mapping.
   """
   if isinstance(baseline, str) and baseline.lower() == 'alexnet':
-    return dict(ALEXNET_ERRORS)
+    return {**ALEXNET_ERRORS, **{c: dict(zip(SEVERITIES, per))
+                                 for c, per in ALEXNET_ERRORS_PER_SEVERITY.items()}}
   if isinstance(baseline, (str, os.PathLike)):
     if not os.path.exists(baseline):
       raise ValueError(

@@ -36,8 +36,13 @@ Conventions:
   the median over the whole test set, and the reference implementation
   returns 0 for these images as well).
 * Images never misclassified for t <= max_eps get eps = +inf (footnote 5).
-  ``max_eps`` bounds the *unclipped* step t; the default, sqrt(N) for N pixel
-  values, exceeds the largest L2 distance between two [0,1] images.
+  ``max_eps`` bounds the *unclipped* step t. The default, sqrt(N) for N pixel
+  values, moves each pixel by about one standard deviation of a unit normal
+  along a Gaussian direction, so most pixels are clipped to 0 or 1 and the
+  applied norm is about half of t: an image still classified correctly there
+  is counted as never flipped, although a longer step could still change it
+  (the clipped image keeps changing until every pixel is at 0 or 1). Pass a
+  larger ``max_eps`` to search further.
 * The grid is over t. Along a ray the applied norm is non-decreasing in t, so
   the reported eps is the applied norm at a misclassified point whose step is
   within the bisection tolerance of the first boundary crossing found.
