@@ -95,7 +95,7 @@ def validate_config(config) -> None:
   _check_number(config, 'log_every_steps', low=0, integer=True)
   _check_number(config, 'max_steps_in_flight', low=1, integer=True)
   _check_number(config, 'keep_checkpoints', low=1, integer=True)
-  _check_number(config, 'seed', integer=True)
+  _check_number(config, 'seed', low=0, integer=True)  # numpy's permutation seeds are >= 0
   boundaries = config.get('lr_boundaries', ()) or ()
   if any(isinstance(b, bool) or not isinstance(b, (int, float)) or b < 0 for b in boundaries):
     raise ValueError(f'lr_boundaries={tuple(boundaries)!r}: allowed a tuple of epochs >= 0.')

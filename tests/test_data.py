@@ -169,30 +169,80 @@ def test_streaming_training_data_resumes_where_it_stopped():
 
 
 
-def test_streaming_eval_reads_exactly_the_first_max_examples(tmp_path):
-  # Streaming (large TFDS sets) with max_examples over 3 processes reads the first 7 examples of
-  # the split once each, in order, like the in-memory path; not the first 3 of each process's
-  # share of the split. A real on-disk TFDS set: mock_data ignores split slicing.
+@pytest.fixture(scope='module')
+def eleven_images(tmp_path_factory):
+  """A real on-disk TFDS set (mock_data ignores split slicing and process slices): 11 test and
+  12 train images of 8x8x3 with distinct pixels. Returns (info, data_dir)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
   rng = np.random.default_rng(0)
-  images = rng.integers(0, 256, (11, 8, 8, 3), dtype=np.uint8)
+  images = rng.integers(0, 256, (23, 8, 8, 3), dtype=np.uint8)
+  split = lambda lo, hi: tf.data.Dataset.from_tensor_slices(
+      {'image': images[lo:hi], 'label': np.arange(lo, hi) % 5})
   tfds.dataset_builders.TfDataBuilder(
-      name='eleven_images', version='1.0.0', data_dir=str(tmp_path),
-      split_datasets={'test': tf.data.Dataset.from_tensor_slices(
-          {'image': images, 'label': np.arange(11) % 5})},
+      name='eleven_images', version='1.0.0', data_dir=data_dir,
+      split_datasets={'test': split(0, 11), 'train': split(11, 23)},
       features=tfds.features.FeaturesDict({'image': tfds.features.Image(shape=(8, 8, 3)),
                                            'label': tfds.features.ClassLabel(num_classes=5)}),
   ).download_and_prepare()
-  info = data.DatasetInfo('eleven_images', 'tfds', 5, (8, 8, 3), {'test': 11}, 'test', 'test',
-                          data.IMAGENET_MEAN, data.IMAGENET_STD, 'none', in_memory=False)
-  whole = next(data.eval_iterator(info, global_batch_size=11, data_dir=str(tmp_path)))
+  info = data.DatasetInfo('eleven_images', 'tfds', 5, (8, 8, 3), {'test': 11, 'train': 12},
+                          'train', 'test', data.IMAGENET_MEAN, data.IMAGENET_STD, 'none',
+                          in_memory=False)
+  return info, data_dir
+
+
+def test_streaming_eval_reads_exactly_the_first_max_examples(eleven_images):
+  # Streaming (large TFDS sets) with max_examples over 3 processes reads the first 7 examples of
+  # the split once each, in order, like the in-memory path; not the first 3 of each process's
+  # share of the split.
+  info, data_dir = eleven_images
+  whole = next(data.eval_iterator(info, global_batch_size=11, data_dir=data_dir))
   assert whole['mask'].sum() == 11
   read, batches = [], set()
   for p in range(3):
     parts = list(data.eval_iterator(info, global_batch_size=6, max_examples=7,
-                                    data_dir=str(tmp_path), process_index=p, process_count=3))
+                                    data_dir=data_dir, process_index=p, process_count=3))
     batches.add(len(parts))
     read += [b['image'][b['mask'] > 0] for b in parts]
   assert batches == {2}  # every process yields as many batches
   np.testing.assert_array_equal(np.concatenate(read), whole['image'][:7])
+
+
+def test_streaming_training_processes_read_their_own_examples(eleven_images):
+  # Two processes of a streaming run read disjoint halves of the training split, as they are told
+  # (not as jax.process_index() of this one process says).
+  info, data_dir = eleven_images
+  seen = []
+  for p in range(2):
+    it = data.train_iterator(info, global_batch_size=4, seed=0, data_dir=data_dir,
+                             process_index=p, process_count=2)
+    seen.append({row.tobytes() for _ in range(12) for row in next(it)['image']})
+  # each process draws only from its 6 examples; two readers of the whole split would overlap
+  assert 0 < len(seen[0]) <= 6 and 0 < len(seen[1]) <= 6 and not seen[0] & seen[1]
+
+
+def test_no_split_stands_in_for_another_role():
+  # A dataset with only a train split is not evaluated on it (nor trained on a test split)
+  # unless the config names the split.
+  with pytest.raises(ValueError, match=r"TFDS dataset 'x' has no evaluation split \(looked for "
+                                       r"test, validation, val\); it has \['train'\]\. .*"
+                                       r"config\.eval_split"):
+    data._pick_splits(_cfg(), {'train': 10}, "TFDS dataset 'x'")
+  with pytest.raises(ValueError, match=r"train_split='train' not found in TFDS dataset 'x'; it "
+                                       r"has \['test'\]\. Name one with config\.train_split"):
+    data._pick_splits(_cfg(), {'test': 10}, "TFDS dataset 'x'")
+  assert data._pick_splits(_cfg(eval_split='train'), {'train': 10}, 'x') == ('train', 'train')
+  assert data._pick_splits(_cfg(), {'train': 1, 'validation': 1}, 'x') == ('train', 'validation')
+
+
+def test_the_plain_transform_resizes_only_images_of_another_size():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  fn = data._augment_fn('none', (8, 8, 3), train=False)
+  image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(fn(tf.constant(image), tf.zeros([2], tf.int64)).numpy(),
+                                image / np.float32(255))
+  flat = np.broadcast_to(np.array([10, 128, 250], np.uint8), (16, 20, 3))  # one colour, 16x20
+  small = fn(tf.constant(flat), tf.zeros([2], tf.int64)).numpy()
+  assert small.shape == (8, 8, 3)
+  np.testing.assert_allclose(small, np.broadcast_to(flat[:8, :8] / 255, (8, 8, 3)), atol=1e-5)

@@ -107,7 +107,7 @@ def test_every_suite_reads_only_this_process_slice(trained, monkeypatch):
   real, calls = runner.data.eval_iterator, []
 
   def recording(info, **kwargs):
-    calls.append(kwargs)
+    calls.append({**kwargs, 'augment': info.augment})
     return real(info, **kwargs)
 
   monkeypatch.setattr(runner.data, 'eval_iterator', recording)
@@ -117,6 +117,7 @@ def test_every_suite_reads_only_this_process_slice(trained, monkeypatch):
   with tfds.testing.mock_data(num_examples=20):
     runner.tfds_corruption_suite(run, names=['fog'], severities=(1,), max_examples=16)
   assert len(calls) == 3
+  assert calls[-1]['augment'] == 'none'  # the corrupted sets are read as stored (no second crop)
   for kwargs in calls:
     assert kwargs['process_index'] == jax.process_index()
     assert kwargs['process_count'] == jax.process_count()

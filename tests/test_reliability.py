@@ -594,6 +594,7 @@ BAD_INPUTS = [
      r'label_smoothing=1.5 is out of range; allowed: \[0, 1\)'),
     ('keep_checkpoints', 'config', {'keep_checkpoints': 0},
      r'keep_checkpoints=0 is out of range; allowed: >= 1'),
+    ('seed_negative', 'config', {'seed': -1}, r'seed=-1 is out of range; allowed: >= 0'),
     ('advprop_eps', 'config', {'method': 'advprop', 'advprop_eps': -0.1},
      r'advprop_eps=-0\.1 is out of range'),
     ('ews_rho', 'config', {'method': 'ews', 'ews_rho': 1.5}, r'rho.* must be in \(0, 1\]'),

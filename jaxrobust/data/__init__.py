@@ -177,16 +177,7 @@ def get_info(config) -> DatasetInfo:
     path = os.path.expanduser(name[len('folder:'):])
     builder = _folder_builder(path)
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
-    eval_split = config.get('eval_split', '') or next(
-        (s for s in ('test', 'validation', 'val') if s in splits), None)
-    train_split = config.get('train_split', '') or 'train'
-    if eval_split is None:
-      raise ValueError(f'Image folder {path!r} has no evaluation split (looked for test, '
-                       f'validation, val); it has {sorted(splits)}. Add one, or name one with '
-                       'config.eval_split.')
-    for key, s in (('train_split', train_split), ('eval_split', eval_split)):
-      if s not in splits:
-        raise ValueError(f'{key}={s!r} not found in {path!r}; it has {sorted(splits)}.')
+    train_split, eval_split = _pick_splits(config, splits, f'Image folder {path!r}')
     size = size or 32
     names = tuple(builder.info.features['label'].names)
     info = DatasetInfo(name, 'folder', len(names), (size, size, 3), splits, train_split,
@@ -197,6 +188,25 @@ def get_info(config) -> DatasetInfo:
   if augment != 'auto':
     info = dataclasses.replace(info, augment=augment)
   return info
+
+
+def _pick_splits(config, splits: dict, where: str) -> tuple[str, str]:
+  """``(train_split, eval_split)``: the config's, else 'train' and the first of test/validation/val.
+
+  No fallback to a split of the other role: evaluating on the training split (or training on the
+  test split) would report numbers that mean something else. Naming one is the user's choice.
+  """
+  train_split = config.get('train_split', '') or 'train'
+  eval_split = config.get('eval_split', '') or next(
+      (s for s in ('test', 'validation', 'val') if s in splits), None)
+  if eval_split is None:
+    raise ValueError(f'{where} has no evaluation split (looked for test, validation, val); it has '
+                     f'{sorted(splits)}. Add one, or name one with config.eval_split.')
+  for key, s in (('train_split', train_split), ('eval_split', eval_split)):
+    if s not in splits:
+      raise ValueError(f'{key}={s!r} not found in {where}; it has {sorted(splits)}. Name one '
+                       f'with config.{key}.')
+  return train_split, eval_split
 
 
 def _tfds_info(config, name, size) -> DatasetInfo:
@@ -218,9 +228,7 @@ def _tfds_info(config, name, size) -> DatasetInfo:
       name, config.get('data_dir') or None)
   if not splits:
     raise ValueError(f'TFDS dataset {name!r} has no readable splits.')
-  eval_split = config.get('eval_split', '') or next(
-      s for s in ('test', 'validation', 'train') if s in splits)
-  train_split = config.get('train_split', '') or next(s for s in ('train', 'test') if s in splits)
+  train_split, eval_split = _pick_splits(config, splits, f'TFDS dataset {name!r}')
   mean, std = (IMAGENET_MEAN, IMAGENET_STD)
   return DatasetInfo(name, 'tfds', num_classes, (size, size, c), splits, train_split, eval_split,
                      mean, std, 'imagenet' if big else 'cifar', in_memory=not big,
@@ -282,8 +290,12 @@ def _augment_fn(kind: str, image_shape, train: bool):
     fn = inception_crop if train else center_crop
   elif kind == 'cifar' and train:
     fn = cifar
-  else:
-    fn = lambda image, _: image
+  else:  # images as they are, resized only if they differ from the model's input size
+    def fn(image, _):
+      shape = tf.shape(image)
+      return tf.cond(tf.logical_and(shape[0] == h, shape[1] == w),
+                     lambda: tf.cast(image, tf.float32),
+                     lambda: tf.image.resize(image, (h, w), antialias=True))
 
   def apply(image, seed):
     out = tf.cast(fn(image, seed), tf.float32) / 255.0
@@ -333,7 +345,8 @@ def train_iterator(info: DatasetInfo, *, global_batch_size: int, seed: int, star
   local = global_batch_size // process_count
   augment = _augment_fn(info.augment, info.image_shape, train=True)
   if not info.in_memory:
-    yield from _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch)
+    yield from _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch,
+                                process_index, process_count)
     return
   source = source or InMemorySource(info, info.train_split, data_dir)
   images = tf.constant(source.images)
@@ -358,11 +371,12 @@ def train_iterator(info: DatasetInfo, *, global_batch_size: int, seed: int, star
     epoch, offset = epoch + 1, 0
 
 
-def _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch):
-  import jax  # pylint: disable=g-import-not-at-top
+def _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch, process_index,
+                     process_count):
   tf = _tf()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  split = tfds.split_for_jax_process(info.train_split, drop_remainder=True)
+  split = tfds.split_for_jax_process(info.train_split, process_index=process_index,
+                                     process_count=process_count, drop_remainder=True)
   # Images stay encoded until after the skip: a resumed run passes over the examples it skips
   # without decoding them (epochs of JPEGs, on ImageNet).
   ds = tfds.load(info.name, split=split, data_dir=data_dir, shuffle_files=True,
@@ -371,7 +385,7 @@ def _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch)
   # Number the examples before skipping, so that a resumed run augments example i as the
   # uninterrupted run did; each process has its own augmentation seeds.
   ds = ds.repeat().shuffle(16 * local, seed=seed).enumerate().skip(start_step * local)
-  process_seed = tf.constant(seed * 1_000_003 + jax.process_index(), tf.int64)
+  process_seed = tf.constant(seed * 1_000_003 + process_index, tf.int64)
 
   def load(i, ex):
     # channels: grey images become RGB for an RGB model

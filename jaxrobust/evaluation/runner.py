@@ -242,8 +242,10 @@ def tfds_corruption_suite(run: Run, names: Sequence[str] = corruptions.STANDARD,
           f'{dataset}/{name}_{s}', 'test' if 'cifar' in dataset else 'validation',
           'test' if 'cifar' in dataset else 'validation', run.info.image_shape[0])
       train.validate_config(cfg)
-      # read at the model's input size and channel count
-      info = dataclasses.replace(data.get_info(cfg), image_shape=run.info.image_shape)
+      # read at the model's input size and channel count, framed as stored: the sets are already
+      # centre-cropped (ImageNet-C to 224), so ImageNet's eval crop would crop them twice
+      info = dataclasses.replace(data.get_info(cfg), image_shape=run.info.image_shape,
+                                 augment='none')
       host = run.host_batches(run.config.eval_batch_size, max_examples, info)
       gb = (parallel.shard_batch(b, run.mesh) for b in host)
       errors[name][s] = 1.0 - _accuracy(run, model_fn, gb, jax.random.PRNGKey(0))
