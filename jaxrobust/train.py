@@ -314,8 +314,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
   data_dir = config.get('data_dir') or None
-  train_source = data.InMemorySource(info, info.train_split, data_dir) if info.in_memory else None
-  eval_source = data.InMemorySource(info, info.eval_split, data_dir) if info.in_memory else None
+  train_source = data.make_source(info, info.train_split, data_dir)
+  eval_source = data.make_source(info, info.eval_split, data_dir)
 
   def train_batches(num_batches: int, seed: int):
     it = data.train_iterator(info, global_batch_size=config.batch_size, seed=seed,

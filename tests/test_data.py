@@ -246,3 +246,36 @@ def test_the_plain_transform_resizes_only_images_of_another_size():
   small = fn(tf.constant(flat), tf.zeros([2], tf.int64)).numpy()
   assert small.shape == (8, 8, 3)
   np.testing.assert_allclose(small, np.broadcast_to(flat[:8, :8] / 255, (8, 8, 3)), atol=1e-5)
+
+
+def test_a_folder_of_large_images_is_read_per_example(tmp_path):
+  # Folders of images over 64 px (e.g. ImageNet as split/label/*.JPEG) are not decoded into memory;
+  # they are read file by file in the order, epochs and process slices of the in-memory path.
+  rng = np.random.default_rng(0)
+  for split, n in (('train', 8), ('test', 5)):
+    for label in ('cat', 'dog'):
+      (tmp_path / split / label).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (80, 90, 3), dtype=np.uint8)).save(
+            tmp_path / split / label / f'{i}.jpg')
+  assert data.get_info(_cfg(dataset=f'folder:{tmp_path}')).image_shape == (224, 224, 3)
+  info = data.get_info(_cfg(dataset=f'folder:{tmp_path}', image_size=72))
+  assert not info.in_memory and info.augment == 'imagenet' and info.image_shape == (72, 72, 3)
+  files = data.make_source(info, 'test')
+  assert isinstance(files, data.FolderFiles)
+  in_memory = data.make_source(dataclasses.replace(info, in_memory=True), 'test')
+  np.testing.assert_array_equal(files.labels, in_memory.labels)  # the same order
+  evals = list(data.eval_iterator(info, global_batch_size=4))
+  assert sum(int(b['mask'].sum()) for b in evals) == 10
+  np.testing.assert_array_equal(np.concatenate([b['label'] for b in evals])[:10], files.labels)
+  assert evals[0]['image'].shape == (4, 72, 72, 3)
+  # training: the global batch is the same for 1 and 2 processes, and a resume is exact
+  whole = data.train_iterator(info, global_batch_size=4, seed=3)
+  batches = [next(whole) for _ in range(5)]  # past the 4 steps of an epoch
+  halves = [data.train_iterator(info, global_batch_size=4, seed=3, process_index=p,
+                                process_count=2) for p in range(2)]
+  first = [next(h) for h in halves]
+  np.testing.assert_array_equal(np.concatenate([f['image'] for f in first]), batches[0]['image'])
+  resumed = next(data.train_iterator(info, global_batch_size=4, seed=3, start_step=4))
+  np.testing.assert_array_equal(resumed['image'], batches[4]['image'])
+  np.testing.assert_array_equal(resumed['label'], batches[4]['label'])

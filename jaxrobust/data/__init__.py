@@ -9,9 +9,14 @@ Two paths:
   and process ``p`` of ``P`` takes its contiguous ``B/P`` part, so the global batch is the same
   for any number of processes. Augmentation is stateless, keyed by ``(seed, epoch, index)``.
   Resuming at step ``s`` starts exactly at batch ``s`` — no example seen twice or skipped.
+* **Files read per example** (folders of large images, e.g. ImageNet as ``split/label/*.JPEG``):
+  only the file names are in memory (:class:`FolderFiles`); epochs, process slices, augmentation
+  keys and resume are those of the in-memory path, with each image read and decoded when used.
 * **Streaming** (large TFDS datasets, e.g. ImageNet): each process reads its own slice
   (``tfds.split_for_jax_process``), shuffles with a fixed seed and skips the batches already
   done on resume.
+
+:func:`make_source` picks the first two; the iterators read a TFDS set by name when it is None.
 """
 
 import dataclasses
@@ -101,6 +106,16 @@ def _folder_builder(path):
   return builder
 
 
+def _folder_default_size(builder, split) -> int:
+  """32 for a folder of small images (CIFAR-like, <= 64 px), else 224 (ImageNet-like), judged by
+  the first file: a folder of ImageNet JPEGs must not be squeezed to 32 x 32 unasked."""
+  tf = _tf()
+  first = min(e.image_path for e in builder._split_examples[split])  # pylint: disable=protected-access
+  shape = tf.io.extract_jpeg_shape(tf.io.read_file(first)) if first.lower().endswith(
+      ('.jpg', '.jpeg')) else tf.shape(tf.io.decode_image(tf.io.read_file(first)))
+  return 32 if max(int(shape[0]), int(shape[1])) <= 64 else 224
+
+
 def _find_unreadable(path, split):
   """Names the first file of a folder split that cannot be decoded."""
   tf = _tf()
@@ -149,13 +164,20 @@ def _load_split_arrays(info: DatasetInfo, split: str, data_dir: Optional[str]):
                      + (f'unreadable image file {bad!r}.' if bad else str(e).splitlines()[0]))
   images, labels, names = np.concatenate(images), np.concatenate(labels), np.concatenate(names)
   if info.kind == 'folder':
-    # ImageFolder's file order is not guaranteed: sort by file name, then apply a fixed
-    # permutation so that the split is not grouped by class and any prefix of it (e.g.
-    # max_examples of an eval split) is a uniform random subset.
-    order = np.argsort(names, kind='stable')
-    order = order[np.random.default_rng(0).permutation(len(order))]
+    order = _folder_order(names)
     images, labels = images[order], labels[order]
   return images, labels
+
+
+def _folder_order(names) -> np.ndarray:
+  """The fixed order of a folder split's files, whether decoded into memory or read per example.
+
+  ImageFolder's file order is not guaranteed: sort by file name, then apply a fixed permutation
+  so that the split is not grouped by class and any prefix of it (e.g. max_examples of an eval
+  split) is a uniform random subset.
+  """
+  order = np.argsort(names, kind='stable')
+  return order[np.random.default_rng(0).permutation(len(order))]
 
 
 # ----------------------------------------------------------------------------- info
@@ -178,7 +200,7 @@ def get_info(config) -> DatasetInfo:
     builder = _folder_builder(path)
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
     train_split, eval_split = _pick_splits(config, splits, f'Image folder {path!r}')
-    size = size or 32
+    size = size or _folder_default_size(builder, train_split)
     names = tuple(builder.info.features['label'].names)
     info = DatasetInfo(name, 'folder', len(names), (size, size, 3), splits, train_split,
                        eval_split, IMAGENET_MEAN, IMAGENET_STD, 'cifar' if size <= 64 else 'imagenet',
@@ -314,6 +336,49 @@ class InMemorySource:
     if len(self.labels) == 0:
       raise ValueError(f'Dataset {info.name!r} split {split!r} is empty.')
 
+  def fetch_fn(self, info: DatasetInfo):
+    """tf: example index -> uint8 image [H, W, C]."""
+    del info
+    images = _tf().constant(self.images)
+    return lambda index: _tf().gather(images, index)
+
+
+class FolderFiles:
+  """A folder split's image files, read and decoded per example (folders of large images, e.g.
+  ImageNet in ``<split>/<label>/*.JPEG`` layout), in the order :class:`InMemorySource` uses.
+
+  Only the file names live in memory, so the in-memory path's exact per-epoch permutations and
+  resume apply unchanged.
+  """
+
+  def __init__(self, info: DatasetInfo, split: str, data_dir: Optional[str] = None):
+    del data_dir
+    builder = _folder_builder(info.path)
+    examples = builder._split_examples[split]  # pylint: disable=protected-access
+    names = builder.info.features['label'].names
+    paths = np.array([e.image_path for e in examples])
+    labels = np.array([names.index(e.label) for e in examples], np.int32)
+    order = _folder_order(paths)
+    self.paths, self.labels = paths[order], labels[order]
+    if len(self.labels) == 0:
+      raise ValueError(f'Dataset {info.name!r} split {split!r} is empty.')
+
+  def fetch_fn(self, info: DatasetInfo):
+    tf = _tf()
+    paths, channels = tf.constant(self.paths), info.image_shape[-1]
+    return lambda index: tf.io.decode_image(tf.io.read_file(tf.gather(paths, index)),
+                                            channels=channels, expand_animations=False)
+
+
+def make_source(info: DatasetInfo, split: str, data_dir: Optional[str] = None):
+  """What the iterators read ``split`` from: a :class:`InMemorySource`, a :class:`FolderFiles`,
+  or None for a streamed TFDS set (read by name)."""
+  if info.in_memory:
+    return InMemorySource(info, split, data_dir)
+  if info.kind == 'folder':
+    return FolderFiles(info, split)
+  return None
+
 
 def _process_rows(rows: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
   """Each process's contiguous part of every row (a global batch) of an index matrix."""
@@ -344,19 +409,18 @@ def train_iterator(info: DatasetInfo, *, global_batch_size: int, seed: int, star
     raise ValueError(f'batch_size={global_batch_size} exceeds the {n} training examples.')
   local = global_batch_size // process_count
   augment = _augment_fn(info.augment, info.image_shape, train=True)
-  if not info.in_memory:
+  source = source or make_source(info, info.train_split, data_dir)
+  if source is None:
     yield from _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch,
                                 process_index, process_count)
     return
-  source = source or InMemorySource(info, info.train_split, data_dir)
-  images = tf.constant(source.images)
+  fetch = source.fetch_fn(info)
   labels = tf.constant(source.labels)
 
   def load(index, epoch):
     seed_pair = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64),
                           tf.cast(index, tf.int64)])
-    return {'image': augment(tf.gather(images, index), seed_pair),
-            'label': tf.gather(labels, index)}
+    return {'image': augment(fetch(index), seed_pair), 'label': tf.gather(labels, index)}
 
   epoch, offset = divmod(start_step, steps_per_epoch)
   while True:
@@ -415,10 +479,12 @@ def eval_iterator(info: DatasetInfo, *, global_batch_size: int, split: Optional[
   num_batches = -(-per_process // local)
   transform = _augment_fn(info.augment, info.image_shape, train=False)
   h, w, c = info.image_shape
-  if info.in_memory:
-    source = source or InMemorySource(info, split, data_dir)
+  source = source or make_source(info, split, data_dir)
+  if source is not None:
     idx = np.arange(process_index * per_process, min(n, (process_index + 1) * per_process))
-    ds = tf.data.Dataset.from_tensor_slices((source.images[idx], source.labels[idx]))
+    fetch = source.fetch_fn(info)
+    ds = tf.data.Dataset.from_tensor_slices((idx.astype(np.int32), source.labels[idx]))
+    ds = ds.map(lambda i, label: (fetch(i), label))
   else:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     # The first n examples of the split, dealt out evenly (4, 4, 3 for n = 11 and 3 processes),

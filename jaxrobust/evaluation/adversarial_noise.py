@@ -252,16 +252,17 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
   config, info, logits_fn = run.config, run.info, run.logits_fn
   eps = float(eps) or float(config.get('ant_eps', 0.0)) or ant.default_eps(info.image_shape)
   gen = ant.make_generator(generator)
-  source = data.InMemorySource(info, info.train_split) if info.in_memory else None
-  eval_source = data.InMemorySource(info, info.eval_split) if info.in_memory else None
+  data_dir = config.get('data_dir') or None
+  source = data.make_source(info, info.train_split, data_dir)
+  eval_source = data.make_source(info, info.eval_split, data_dir)
 
   def train_batches():
     return data.train_iterator(info, global_batch_size=batch_size, seed=seed + 1,
-                               source=source)
+                               source=source, data_dir=data_dir)
 
   def eval_batches():
     return data.eval_iterator(info, global_batch_size=batch_size, source=eval_source,
-                              max_examples=num_eval or None)
+                              data_dir=data_dir, max_examples=num_eval or None)
 
   result = adversarial_eps_star(
       logits_fn, train_batches, eval_batches, jax.random.PRNGKey(seed), eps=eps, steps=steps,

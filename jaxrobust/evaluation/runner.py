@@ -140,8 +140,7 @@ def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = mo
   batch_stats = parallel.replicate(dict(raw['batch_stats']), mesh)
   if domain not in batch_stats:
     raise ValueError(f'Domain {domain!r} not in this run; it has {sorted(batch_stats)}.')
-  source = data.InMemorySource(info, info.eval_split, config.get('data_dir') or None) \
-      if info.in_memory else None
+  source = data.make_source(info, info.eval_split, config.get('data_dir') or None)
   run = Run(config, info, model, mesh, params, batch_stats, int(step), domain, workdir, source)
   if with_method:
     method.setup(Context(config=config, model=model, tx=tx, info=info, mesh=mesh,
