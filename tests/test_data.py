@@ -154,18 +154,22 @@ def test_tfds_cifar10_under_mock_data():
 
 
 def test_streaming_training_data_resumes_where_it_stopped():
-  # The streaming path (large TFDS sets) on mock CIFAR-10: a run resumed at step 2 gets the
-  # batches 2, 3 of the uninterrupted run, with the same crops and flips.
+  # The streaming path (large TFDS sets) on mock CIFAR-10: a run resumed at step 2 (or 6, in the
+  # second epoch) gets the batches 2, 3 (6, 7) of the uninterrupted run, same crops and flips.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=40):
     info = dataclasses.replace(data.get_info(_cfg(dataset='cifar10')), in_memory=False)
     uninterrupted = data.train_iterator(info, global_batch_size=8, seed=0)
-    expected = [next(uninterrupted) for _ in range(4)][2:]
-    resumed = data.train_iterator(info, global_batch_size=8, seed=0, start_step=2)
-    for want in expected:
-      got = next(resumed)
-      np.testing.assert_array_equal(got['label'], want['label'])
-      np.testing.assert_array_equal(got['image'], want['image'])
+    batches = [next(uninterrupted) for _ in range(8)]  # 5 steps per epoch: into the second
+    for start in (2, 6):  # mid-epoch, and mid-way through the second epoch
+      resumed = data.train_iterator(info, global_batch_size=8, seed=0, start_step=start)
+      for want in batches[start:start + 2]:
+        got = next(resumed)
+        np.testing.assert_array_equal(got['label'], want['label'])
+        np.testing.assert_array_equal(got['image'], want['image'])
+    # the second epoch is another order of the same examples, not a repeat of the first
+    assert not np.array_equal(np.concatenate([b['label'] for b in batches[:3]]),
+                              np.concatenate([b['label'] for b in batches[5:8]]))
 
 
 

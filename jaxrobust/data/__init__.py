@@ -441,14 +441,8 @@ def _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch,
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   split = tfds.split_for_jax_process(info.train_split, process_index=process_index,
                                      process_count=process_count, drop_remainder=True)
-  # Images stay encoded until after the skip: a resumed run passes over the examples it skips
-  # without decoding them (epochs of JPEGs, on ImageNet).
-  ds = tfds.load(info.name, split=split, data_dir=data_dir, shuffle_files=True,
-                 read_config=tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=16),
-                 decoders={'image': tfds.decode.SkipDecoding()})
-  # Number the examples before skipping, so that a resumed run augments example i as the
-  # uninterrupted run did; each process has its own augmentation seeds.
-  ds = ds.repeat().shuffle(16 * local, seed=seed).enumerate().skip(start_step * local)
+  # Every process holds n // P examples: an epoch is the loop's n // B steps of B / P each.
+  steps_per_epoch = (info.num_examples[info.train_split] // process_count) // local
   process_seed = tf.constant(seed * 1_000_003 + process_index, tf.int64)
 
   def load(i, ex):
@@ -457,8 +451,22 @@ def _streaming_train(info, local, seed, start_step, data_dir, augment, prefetch,
                                expand_animations=False)
     return {'image': augment(image, tf.stack([process_seed, i])),
             'label': tf.cast(ex['label'], tf.int32)}
-  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(local, drop_remainder=True)
-  yield from ds.prefetch(prefetch).as_numpy_iterator()
+
+  # One pipeline per epoch, its file order and shuffle keyed by (seed, epoch): a resumed run
+  # re-reads at most the part of one epoch it already did, not every earlier epoch. Images stay
+  # encoded until after that skip, and examples are numbered before it, so that a resumed run
+  # augments example i as the uninterrupted run did.
+  epoch, offset = divmod(start_step, steps_per_epoch)
+  while True:
+    epoch_seed = seed * 1_000_003 + epoch
+    ds = tfds.load(info.name, split=split, data_dir=data_dir, shuffle_files=True,
+                   read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, interleave_cycle_length=16),
+                   decoders={'image': tfds.decode.SkipDecoding()})
+    ds = ds.shuffle(16 * local, seed=epoch_seed).take(steps_per_epoch * local)
+    ds = ds.enumerate(start=epoch * steps_per_epoch * local).skip(offset * local)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(local, drop_remainder=True)
+    yield from ds.prefetch(prefetch).as_numpy_iterator()
+    epoch, offset = epoch + 1, 0
 
 
 def eval_iterator(info: DatasetInfo, *, global_batch_size: int, split: Optional[str] = None,
