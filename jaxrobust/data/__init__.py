@@ -13,8 +13,8 @@ Two paths:
   only the file names are in memory (:class:`FolderFiles`); epochs, process slices, augmentation
   keys and resume are those of the in-memory path, with each image read and decoded when used.
 * **Streaming** (large TFDS datasets, e.g. ImageNet): each process reads its own slice
-  (``tfds.split_for_jax_process``), shuffles with a fixed seed and skips the batches already
-  done on resume.
+  (``tfds.split_for_jax_process``), one pipeline per epoch with its file order and shuffle keyed
+  by ``(seed, epoch)``; a resumed run skips the batches of its epoch already done.
 
 :func:`make_source` picks the first two; the iterators read a TFDS set by name when it is None.
 """
