@@ -22,7 +22,7 @@ Restore procedure (:meth:`Checkpointer.restore`), newest step first:
 In a multi-process run every process calls every method (saves and restores are collective);
 processes agree on whether a restore succeeded, and only process 0 moves directories.
 
-Workdirs may be local paths or URIs such as ``gs://bucket/run`` (:func:`as_path`).
+Workdirs may be local paths or URIs such as ``gs://bucket/run`` (:mod:`jaxrobust.files`).
 """
 
 import os
@@ -36,25 +36,13 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from jaxrobust import files
+
 UNREADABLE_DIR = 'checkpoints_unreadable'
 
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint exists but belongs to a different model/method configuration."""
-
-
-def as_path(path) -> epath.Path:
-  """A run's directory as a path object: a URI (``gs://bucket/run``) as it is, a local path absolute.
-
-  Every file of a run (checkpoints, config, metrics, results, reports) goes through this.
-  ``os.path.abspath('gs://b/run')`` is ``<cwd>/gs:/b/run``: a run on a Cloud TPU VM would
-  silently write to the VM's disk, lost with the VM, and each host of a pod to its own disk.
-  Local paths are made absolute because orbax refuses relative ones.
-  """
-  path = str(path)
-  if '://' in path:
-    return epath.Path(path)
-  return epath.Path(os.path.abspath(os.path.expanduser(path)))
 
 
 # ----------------------------------------------------------------------------- tree comparison
@@ -179,7 +167,7 @@ class Checkpointer:
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
     if max_to_keep is not None and max_to_keep < 1:
       raise ValueError(f'keep_checkpoints={max_to_keep} must be >= 1.')
-    self.workdir = as_path(workdir)
+    self.workdir = files.as_path(workdir)
     self.directory = self.workdir / 'checkpoints'
     self.unreadable_directory = self.workdir / UNREADABLE_DIR
     options = ocp.CheckpointManagerOptions(
@@ -278,7 +266,7 @@ class Checkpointer:
 
 def checkpoints_dir(path) -> epath.Path:
   """``<path>/checkpoints``, or ``path`` itself if it is one; ValueError if it does not exist."""
-  path = as_path(path)
+  path = files.as_path(path)
   directory = path if path.name == 'checkpoints' else path / 'checkpoints'
   if not directory.is_dir():
     raise ValueError(f'No checkpoints directory at {directory}.')

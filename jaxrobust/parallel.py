@@ -54,8 +54,9 @@ def distributed_kwargs(coordinator_address=None, num_processes=None, process_id=
   Flags win over the standard environment variables ``JAX_COORDINATOR_ADDRESS``,
   ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. On a Cloud TPU VM (one host or a pod slice;
   on GKE ``TPU_WORKER_HOSTNAMES`` lists the hosts) JAX finds everything itself: the result is
-  ``{}``, and orbax's multi-host checkpointing has the distributed client it needs. A coordinator on a loopback address binds to
-  that address only (JAX's default binds every interface).
+  ``{}``, and orbax's multi-host checkpointing has the distributed client it needs. A
+  coordinator on a loopback address binds to that address only (JAX's default binds every
+  interface).
 
   Raises:
     ValueError: inconsistent values (a process id outside ``[0, num_processes)``, no

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
-from jaxrobust import augmentations, checkpointing, data, methods, models, optim, parallel
+from jaxrobust import augmentations, checkpointing, data, files, methods, models, optim, parallel
 from jaxrobust.evaluation import clean
 from jaxrobust.methods.base import Context
 from jaxrobust.train_state import TrainState
@@ -221,7 +221,7 @@ class MetricsLog:
     # imported here: clu pulls in TensorFlow (seconds), which validate_config must not wait for
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
     self.primary = jax.process_index() == 0
-    workdir = checkpointing.as_path(workdir)
+    workdir = files.as_path(workdir)
     self.writer = metric_writers.create_default_writer(
         str(workdir), just_logging=not self.primary, asynchronous=False)
     self.path = workdir / 'metrics.jsonl'
@@ -264,7 +264,7 @@ def config_changes(config, workdir) -> tuple[dict, list]:
     every (dotted, nested) key whose value differs; ``'<unset>'`` stands for a missing key.
   """
   current = json.loads(config.to_json_best_effort())
-  path = checkpointing.as_path(workdir) / 'config.json'
+  path = files.as_path(workdir) / 'config.json'
   if not path.exists():
     return current, []
   try:
@@ -280,7 +280,7 @@ def config_changes(config, workdir) -> tuple[dict, list]:
 
 def _write_config(current: dict, workdir: str) -> None:
   if jax.process_index() == 0:
-    (checkpointing.as_path(workdir) / 'config.json').write_text(
+    (files.as_path(workdir) / 'config.json').write_text(
         json.dumps(current, indent=2, sort_keys=True))
 
 
@@ -304,7 +304,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   info, method, model, tx, mesh, steps_per_epoch = build(config, mesh)
   if config.get('init_from', ''):
     _init_from_dir(config.init_from)  # a bad path fails now, not after initialisation
-  checkpointing.as_path(workdir).mkdir(parents=True, exist_ok=True)
+  files.as_path(workdir).mkdir(parents=True, exist_ok=True)
   current_config, config_diff = config_changes(config, workdir)
   _warn_config_changes(config_diff)  # config.json is rewritten once the checkpoint matches
   total_steps = int(config.num_epochs * steps_per_epoch)
@@ -465,7 +465,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              'wall_time_s': earlier['wall_time_s'] + time.time() - start_time,
              **{f'eval_{k}': v for k, v in eval_results.items()}}
   if jax.process_index() == 0:
-    (checkpointing.as_path(workdir) / 'results.json').write_text(json.dumps(results, indent=2))
+    (files.as_path(workdir) / 'results.json').write_text(json.dumps(results, indent=2))
   return state, results
 
 
@@ -477,7 +477,7 @@ def _totals_before(workdir: str, start_step: int) -> dict:
   however often it was preempted. (After a crash, which writes no results, they restart at 0.)
   """
   totals = {'wall_time_s': 0.0, 'skipped_updates': 0}
-  path = checkpointing.as_path(workdir) / 'results.json'
+  path = files.as_path(workdir) / 'results.json'
   if start_step == 0 or not path.exists():
     return totals
   try:

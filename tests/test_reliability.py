@@ -27,7 +27,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxrobust import checkpointing, methods, models, parallel, train
+from jaxrobust import checkpointing, files, methods, models, parallel, train
 from jaxrobust.methods.base import Context
 from tests.conftest import ROOT, tiny_config
 
@@ -707,17 +707,17 @@ def test_a_uri_workdir_is_used_as_it_is(tmp_path, monkeypatch):
   # A gs:// workdir must reach the file layer unchanged: os.path.abspath would turn it into the
   # local directory <cwd>/gs:/bucket/run and the run would silently write to the VM's disk.
   # Here gs://bucket/... is served from a local folder, and the working directory is watched.
-  assert str(checkpointing.as_path('gs://bucket/run')) == 'gs://bucket/run'
-  assert str(checkpointing.as_path('gs://bucket/run') / 'checkpoints') == 'gs://bucket/run/checkpoints'
+  assert str(files.as_path('gs://bucket/run')) == 'gs://bucket/run'
+  assert str(files.as_path('gs://bucket/run') / 'checkpoints') == 'gs://bucket/run/checkpoints'
   monkeypatch.chdir(tmp_path)
-  assert str(checkpointing.as_path('rel/run')) == str(tmp_path / 'rel' / 'run')
-  bucket, real_as_path = tmp_path / 'bucket', checkpointing.as_path
+  assert str(files.as_path('rel/run')) == str(tmp_path / 'rel' / 'run')
+  bucket, real_as_path = tmp_path / 'bucket', files.as_path
 
   def served_locally(path):
     path = str(path)
     return real_as_path(bucket / path[len('gs://bucket/'):] if path.startswith('gs://') else path)
 
-  monkeypatch.setattr(checkpointing, 'as_path', served_locally)
+  monkeypatch.setattr(files, 'as_path', served_locally)
   (tmp_path / 'cwd').mkdir()
   monkeypatch.chdir(tmp_path / 'cwd')
   config = tiny_config(num_epochs=0.25, eval_every_epochs=0.25)
@@ -728,8 +728,11 @@ def test_a_uri_workdir_is_used_as_it_is(tmp_path, monkeypatch):
   assert checkpointing.load_arrays('gs://bucket/run')[1] == results['step']
   from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
   loaded = runner.load_run('gs://bucket/run')
-  runner.run_suites(loaded, ['clean'], out_dir='gs://bucket/run/eval', max_examples=32)
-  assert {p.name for p in (run / 'eval').iterdir()} == {'report.json', 'summary.md'}
+  runner.run_suites(loaded, ['clean', 'corruptions'], out_dir='gs://bucket/run/eval',
+                    max_examples=32, corruption_names=['contrast'], corruption_severities=(3,))
+  assert {p.name for p in (run / 'eval').iterdir()} == {
+      'report.json', 'summary.md', 'corruptions.csv', 'corruptions_bar.png',
+      'corruptions_severity.png'}
   assert list((tmp_path / 'cwd').iterdir()) == []  # nothing written under gs:/ locally
 
 
@@ -757,7 +760,8 @@ def test_init_from_a_run_it_cannot_use_is_an_error(tmp_path):
   ckpt = checkpointing.Checkpointer(str(tmp_path / 'aux_only'))
   ckpt.save(1, _state(1.0, domains=('aux',)))
   ckpt.close()
-  with pytest.raises(ValueError, match=r"it has no 'main' BatchNorm statistics \(it has \['aux'\]\)"):
+  with pytest.raises(ValueError,
+                     match=r"it has no 'main' BatchNorm statistics \(it has \['aux'\]\)"):
     train._init_from(str(tmp_path / 'aux_only'), same_model)
 
 

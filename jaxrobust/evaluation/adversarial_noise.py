@@ -26,7 +26,6 @@ Command line (a finished run's workdir; writes ``<workdir>/adversarial_noise.jso
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 import jax
@@ -245,7 +244,7 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
     The :func:`adversarial_eps_star` dict (without the generator parameters) plus the run's
     method, model and dataset.
   """
-  from jaxrobust import data  # pylint: disable=g-import-not-at-top
+  from jaxrobust import data, files  # pylint: disable=g-import-not-at-top
   from jaxrobust.methods import ant  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
   run = runner.load_run(workdir, overrides={'dataset': dataset} if dataset else None)
@@ -270,11 +269,10 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
       num_generators=num_generators, gaussian=gaussian, num_coarse=num_coarse,
       num_bisect=num_bisect)
   result.pop('generator_params')
-  result.update(workdir=os.path.abspath(workdir), method=config.method, model=config.model,
+  result.update(workdir=str(files.as_path(workdir)), method=config.method, model=config.model,
                 dataset=config.dataset, num_eval=num_eval)
-  output = output or os.path.join(workdir, 'adversarial_noise.json')
-  with open(output, 'w') as f:
-    json.dump(result, f, indent=2)
+  output = files.as_path(output or files.as_path(workdir) / 'adversarial_noise.json')
+  output.write_text(json.dumps(result, indent=2))
   return result
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Optional, Sequence
 
 import jax
@@ -32,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from jaxrobust import corruptions
+from jaxrobust import corruptions, files
 from jaxrobust.evaluation import runner
 from jaxrobust.models import apply_model
 
@@ -111,10 +110,9 @@ def main(argv):
   sevs = runner.check_severities(FLAGS.severities) if FLAGS.severities else None
   run = runner.load_run(FLAGS.workdir, with_method=True)
   res = primary_and_head_accuracy(run, sevs, FLAGS.max_examples or None)
-  path = FLAGS.out or os.path.join(FLAGS.workdir, 'auxtrain_heads.json')
-  with open(path, 'w') as f:
-    json.dump({'step': run.step, 'max_examples': FLAGS.max_examples, 'accuracy': res}, f,
-              indent=1)
+  path = files.as_path(FLAGS.out or files.as_path(FLAGS.workdir) / 'auxtrain_heads.json')
+  path.write_text(json.dumps({'step': run.step, 'max_examples': FLAGS.max_examples,
+                              'accuracy': res}, indent=1))
   print('| corruption | severity | primary (running stats) | head (running stats) | '
         'primary (batch stats) | head (batch stats) |\n|---|---|---|---|---|---|')
   for name, per in res.items():

@@ -1,13 +1,15 @@
 """PNG plots for evaluation reports (matplotlib, Agg backend, no display needed).
 
 Every function takes plain numbers / dicts / arrays and an output path, writes
-one PNG (creating parent directories), closes the figure and returns the path.
+one PNG (creating parent directories; local or ``gs://...``), closes the figure
+and returns the path.
 Errors and accuracies are expected as fractions in [0, 1]; the axes show
 percent.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, Mapping, Sequence, Union
 
@@ -17,6 +19,8 @@ matplotlib.use('Agg')  # headless: reports are written on servers / TPU VMs
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxrobust import files  # noqa: E402
+
 PathLike = Union[str, os.PathLike]
 
 
@@ -24,14 +28,17 @@ def _prepare(path: PathLike) -> str:
   path = os.fspath(path)
   if not path.lower().endswith('.png'):
     raise ValueError(f'path {path!r} invalid: plots are written as .png files')
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  files.as_path(path).parent.mkdir(parents=True, exist_ok=True)
   return path
 
 
 def _save(fig: Any, path: str) -> str:
+  """Writes ``fig`` as a PNG to ``path``, local or a URI (``gs://...``)."""
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=120)
   plt.close(fig)
+  files.as_path(path).write_bytes(png.getvalue())
   return path
 
 

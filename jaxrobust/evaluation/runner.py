@@ -15,9 +15,8 @@ never changes any statistics. Corrupted and adversarial images are made on devic
 
 import dataclasses
 import functools
+import io
 import json
-import os
-import tempfile
 import time
 from typing import Any, Optional, Sequence
 
@@ -26,9 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
-from jaxrobust import attacks, checkpointing, corruptions, data, models, parallel
+from jaxrobust import attacks, checkpointing, corruptions, data, files, models, parallel
 from jaxrobust.evaluation import clean, frequency, metrics, noise_robustness, plots
 
 SUITES = ('clean', 'corruptions', 'tfds_corruptions', 'pgd', 'apgd', 'eps_star', 'frequency')
@@ -125,7 +123,7 @@ def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = mo
   """
   from jaxrobust import train  # pylint: disable=g-import-not-at-top
   from jaxrobust.methods.base import Context  # pylint: disable=g-import-not-at-top
-  path = checkpointing.as_path(workdir) / 'config.json'
+  path = files.as_path(workdir) / 'config.json'
   if not path.exists():
     raise ValueError(f'{workdir!r} is not a training workdir: no config.json.')
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -373,8 +371,8 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
   if unknown:
     raise ValueError(f'Unknown suite(s) {unknown}; valid: {", ".join(SUITES)}.')
   severities = check_severities(corruption_severities)
-  out_dir = str(out_dir or checkpointing.as_path(run.workdir) / f'eval_{run.domain}')
-  checkpointing.as_path(out_dir).mkdir(parents=True, exist_ok=True)  # a bad path fails now
+  out_dir = str(out_dir or files.as_path(run.workdir) / f'eval_{run.domain}')
+  files.as_path(out_dir).mkdir(parents=True, exist_ok=True)  # a bad path fails now
   report = {'workdir': run.workdir, 'step': run.step, 'domain': run.domain,
             'model': run.config.model, 'method': run.config.method, 'dataset': run.info.name,
             'devices': run.mesh.devices.size, 'timings_s': {}}
@@ -419,20 +417,8 @@ def _json_default(o):
 
 def write_report(report: dict, out_dir: str) -> None:
   """report.json, one CSV per table, summary.md and PNG plots, in ``out_dir`` (local or a URI)."""
-  if '://' not in str(out_dir):
-    return _write_report_files(report, out_dir)
-  # matplotlib and numpy write local files: write them here, then copy them (gs://...)
-  with tempfile.TemporaryDirectory() as local:
-    _write_report_files(report, local)
-    dst = checkpointing.as_path(out_dir)
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in sorted(os.listdir(local)):
-      epath.Path(local, name).copy(dst / name, overwrite=True)
-
-
-def _write_report_files(report: dict, out_dir: str) -> None:
-  with open(os.path.join(out_dir, 'report.json'), 'w') as f:
-    json.dump(report, f, indent=1, default=_json_default)
+  out = files.as_path(out_dir)
+  (out / 'report.json').write_text(json.dumps(report, indent=1, default=_json_default))
   lines = [f'# Evaluation of `{report["workdir"]}`', '',
            f'{report["method"]} / {report["model"]} on {report["dataset"]}, step {report["step"]}, '
            f'BN domain `{report["domain"]}`, {report["devices"]} device(s).', '']
@@ -464,14 +450,13 @@ def _write_report_files(report: dict, out_dir: str) -> None:
     md += ['', 'Summary (unnormalised numbers are plain mean errors/accuracies; `*_normalized` '
            'are CE ratios to the baseline — AlexNet for ImageNet-C, or a baseline run):', '']
     md += [f'- {k}: {summary[k]:.4f}' for k in keys] + ['']
-    with open(os.path.join(out_dir, f'{suite}.csv'), 'w') as f:
-      f.write('\n'.join(csv) + '\n')
+    (out / f'{suite}.csv').write_text('\n'.join(csv) + '\n')
     lines += md
     per_corruption = {n: 100 * np.mean(list(p.values())) for n, p in errors.items()}
-    plots.plot_corruption_errors(per_corruption, os.path.join(out_dir, f'{suite}_bar.png'))
+    plots.plot_corruption_errors(per_corruption, out / f'{suite}_bar.png')
     plots.plot_error_vs_severity(
         {n: {int(s): 100 * v for s, v in p.items()} for n, p in errors.items()},
-        os.path.join(out_dir, f'{suite}_severity.png'))
+        out / f'{suite}_severity.png')
   if 'pgd' in report or 'apgd' in report:
     rows = [('clean', report.get('pgd', {}).get('clean'))]
     rows += [(k, v) for k, v in report.get('pgd', {}).items() if k not in ('clean', 'curve')]
@@ -479,15 +464,15 @@ def _write_report_files(report: dict, out_dir: str) -> None:
     lines += ['## Adversarial robustness (L-inf, eps 8/255 unless stated)', '',
               '| attack | accuracy |', '|---|---|']
     lines += [f'| {k} | {100 * v:.2f}% |' for k, v in rows if v is not None] + ['']
-    with open(os.path.join(out_dir, 'attacks.csv'), 'w') as f:
-      f.write('attack,accuracy\n' + ''.join(f'{k},{v:.4f}\n' for k, v in rows if v is not None))
+    (out / 'attacks.csv').write_text(
+        'attack,accuracy\n' + ''.join(f'{k},{v:.4f}\n' for k, v in rows if v is not None))
     if 'pgd' in report:
       curve = report['pgd']['curve']
       eps255 = [e * 255 for e in curve['eps']]
       lines += [f'{curve["attack"]} accuracy vs eps (x/255): ' + ', '.join(
           f'{e:g}: {100 * a:.1f}%' for e, a in zip(eps255, curve['accuracy'])), '']
       plots.plot_accuracy_vs_eps({curve['attack']: (eps255, [100 * a for a in curve['accuracy']])},
-                                 os.path.join(out_dir, 'accuracy_vs_eps.png'),
+                                 out / 'accuracy_vs_eps.png',
                                  xlabel='epsilon (x/255)')
   if 'eps_star' in report:
     lines += ['## Noise robustness: median minimal L2 (epsilon*)', '',
@@ -498,11 +483,12 @@ def _write_report_files(report: dict, out_dir: str) -> None:
     lines.append('')
   if 'frequency' in report:
     fmap = np.asarray(report['frequency']['map'], dtype=float)
-    plots.plot_frequency_heat_map(fmap, os.path.join(out_dir, 'frequency_heat_map.png'))
-    np.savetxt(os.path.join(out_dir, 'frequency.csv'), fmap, delimiter=',', fmt='%.4f')
+    plots.plot_frequency_heat_map(fmap, out / 'frequency_heat_map.png')
+    text = io.StringIO()
+    np.savetxt(text, fmap, delimiter=',', fmt='%.4f')
+    (out / 'frequency.csv').write_text(text.getvalue())
     lines += ['## Fourier heat map', '', f'Error under a Fourier-basis perturbation of L2 norm '
               f'{report["frequency"]["norm"]} per frequency (mean {np.nanmean(fmap):.3f}); see '
               '`frequency_heat_map.png`.', '']
   lines += ['Timings (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in report['timings_s'].items())]
-  with open(os.path.join(out_dir, 'summary.md'), 'w') as f:
-    f.write('\n'.join(lines) + '\n')
+  (out / 'summary.md').write_text('\n'.join(lines) + '\n')

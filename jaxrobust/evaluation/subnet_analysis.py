@@ -334,6 +334,7 @@ def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str =
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from jaxrobust import files  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluation import plots  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   workdirs = [w for w in f.workdirs.split(',') if w]
@@ -341,7 +342,8 @@ def main(argv):
                                                      for w in workdirs]
   if len(labels) != len(workdirs):
     raise ValueError(f'--labels has {len(labels)} entries for {len(workdirs)} workdirs.')
-  os.makedirs(f.out, exist_ok=True)
+  out = files.as_path(f.out)
+  out.mkdir(parents=True, exist_ok=True)
   results, boxes = {}, {}
   for label, workdir in zip(labels, workdirs):
     res = analyse_run(workdir, num_subnets=f.num_subnets, rho=f.rho, corruption=f.corruption,
@@ -355,9 +357,8 @@ def main(argv):
                      'full network accuracy %.4f', label, kind, cond,
                      r['subnet_accuracy_mean'], r['subnet_accuracy_median'],
                      r['subnet_confidence_mean'], r['full_accuracy'])
-  with open(os.path.join(f.out, 'subnet_analysis.json'), 'w') as fh:
-    json.dump(results, fh, indent=1)
-  plots.plot_boxplots(boxes, os.path.join(f.out, 'subnet_confidence.png'),
+  (out / 'subnet_analysis.json').write_text(json.dumps(results, indent=1))
+  plots.plot_boxplots(boxes, out / 'subnet_confidence.png',
                       title=f'True-class confidence of rho={f.rho} subnets',
                       ylabel='mean true-class confidence')
   print(json.dumps({label: {kind: {cond: {k: v for k, v in r.items()

@@ -1,0 +1,22 @@
+"""Where a run's files live: local paths or URIs (``gs://bucket/run``), through ``etils.epath``.
+
+Every file of a run (checkpoints, config, metrics, results, evaluation reports and plots) is
+reached through :func:`as_path`, so a workdir on Cloud Storage is used as given.
+"""
+
+import os
+
+from etils import epath
+
+
+def as_path(path) -> epath.Path:
+  """``path`` as a path object: a URI (``gs://bucket/run``) as it is, a local path absolute.
+
+  ``os.path.abspath('gs://b/run')`` is ``<cwd>/gs:/b/run``: a run on a Cloud TPU VM would
+  silently write to the VM's disk, lost with the VM, and each host of a pod to its own disk.
+  Local paths are made absolute because orbax refuses relative ones.
+  """
+  path = os.fspath(path)
+  if '://' in path:
+    return epath.Path(path)
+  return epath.Path(os.path.abspath(os.path.expanduser(path)))
