@@ -110,7 +110,8 @@ def _folder_default_size(builder, split) -> int:
   """32 for a folder of small images (CIFAR-like, <= 64 px), else 224 (ImageNet-like), judged by
   the first file: a folder of ImageNet JPEGs must not be squeezed to 32 x 32 unasked."""
   tf = _tf()
-  first = min(e.image_path for e in builder._split_examples[split])  # pylint: disable=protected-access
+  examples = builder._split_examples[split]  # pylint: disable=protected-access
+  first = min(e.image_path for e in examples)
   shape = tf.io.extract_jpeg_shape(tf.io.read_file(first)) if first.lower().endswith(
       ('.jpg', '.jpeg')) else tf.shape(tf.io.decode_image(tf.io.read_file(first)))
   return 32 if max(int(shape[0]), int(shape[1])) <= 64 else 224
@@ -339,8 +340,9 @@ class InMemorySource:
   def fetch_fn(self, info: DatasetInfo):
     """tf: example index -> uint8 image [H, W, C]."""
     del info
-    images = _tf().constant(self.images)
-    return lambda index: _tf().gather(images, index)
+    tf = _tf()
+    images = tf.constant(self.images)
+    return lambda index: tf.gather(images, index)
 
 
 class FolderFiles:
@@ -490,9 +492,8 @@ def eval_iterator(info: DatasetInfo, *, global_batch_size: int, split: Optional[
   source = source or make_source(info, split, data_dir)
   if source is not None:
     idx = np.arange(process_index * per_process, min(n, (process_index + 1) * per_process))
-    fetch = source.fetch_fn(info)
+    read = source.fetch_fn(info)  # example index -> image, in the parallel map below
     ds = tf.data.Dataset.from_tensor_slices((idx.astype(np.int32), source.labels[idx]))
-    ds = ds.map(lambda i, label: (fetch(i), label))
   else:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     # The first n examples of the split, dealt out evenly (4, 4, 3 for n = 11 and 3 processes),
@@ -501,7 +502,8 @@ def eval_iterator(info: DatasetInfo, *, global_batch_size: int, split: Optional[
                                      process_index=process_index, process_count=process_count)
     ds = tfds.load(info.name, split=sub, data_dir=data_dir, shuffle_files=False)
     ds = ds.map(lambda ex: (ex['image'], ex['label']))
-  ds = ds.map(lambda im, lb: (transform(im, tf.zeros([2], tf.int64)), tf.cast(lb, tf.int32)),
+    read = lambda image: image
+  ds = ds.map(lambda x, lb: (transform(read(x), tf.zeros([2], tf.int64)), tf.cast(lb, tf.int32)),
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(local).prefetch(2)
   produced = 0
   for images, labels in ds.as_numpy_iterator():
