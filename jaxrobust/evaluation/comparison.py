@@ -116,6 +116,7 @@ def write_table(rows: list[dict], out: str, header: str) -> str:
   lines = ['| ' + ' | '.join(c[1] for c in cols) + ' |', '|' + '---|' * len(cols)]
   lines += ['| ' + ' | '.join(fmt(r, c) for c in cols) + ' |' for r in rows]
   table = '\n'.join(lines)
+  os.makedirs(out, exist_ok=True)  # e.g. a notebook that only loads runs trained elsewhere
   with open(os.path.join(out, 'table.md'), 'w') as f:
     f.write(header + '\n\n' + table + '\n')
   with open(os.path.join(out, 'table.csv'), 'w', newline='') as f:
@@ -156,6 +157,7 @@ def write_plots(rows: list[dict], out: str) -> None:
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  os.makedirs(out, exist_ok=True)
   names = [r['method'] for r in rows]
   metrics = [('clean', 'clean'), ('corruptions_s3', '15 corruptions, s3'),
              ('gaussian_noise_s3', 'gaussian noise, s3'), ('pgd10_eps1', 'PGD-10, 1/255')]

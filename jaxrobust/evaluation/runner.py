@@ -220,23 +220,30 @@ def corruption_suite(run: Run, names: Sequence[str] = corruptions.ALL,
   return {'errors': errors}
 
 
+# TFDS names two of CIFAR-10-C's corruptions differently from ImageNet-C and from this library.
+TFDS_CIFAR10_CORRUPTED_NAMES = {'glass_blur': 'frosted_glass_blur', 'elastic_transform': 'elastic'}
+
+
 def tfds_corruption_suite(run: Run, names: Sequence[str] = corruptions.STANDARD,
                           severities: Sequence[int] = (1, 2, 3, 4, 5), max_examples=None,
                           dataset: str = 'cifar10_corrupted') -> dict:
   """The official pre-computed sets (TFDS ``cifar10_corrupted``/``imagenet2012_corrupted``).
 
   Each ``<dataset>/<name>_<severity>`` config is read with the same pipeline and scored with the
-  same model function as the on-the-fly corruptions.
+  same model function as the on-the-fly corruptions. ``names`` are this library's corruption
+  names (``TFDS_CIFAR10_CORRUPTED_NAMES`` gives TFDS's CIFAR spelling where it differs).
   """
   from jaxrobust import train  # pylint: disable=g-import-not-at-top
   model_fn = _counts_fn()
   errors = {}
   for name in names:
     errors[name] = {}
+    tfds_name = (TFDS_CIFAR10_CORRUPTED_NAMES.get(name, name)
+                 if dataset.startswith('cifar10_corrupted') else name)
     for s in severities:
       cfg = ml_collections.ConfigDict(run.config.to_dict())
       cfg.dataset, cfg.eval_split, cfg.train_split, cfg.image_size = (
-          f'{dataset}/{name}_{s}', 'test' if 'cifar' in dataset else 'validation',
+          f'{dataset}/{tfds_name}_{s}', 'test' if 'cifar' in dataset else 'validation',
           'test' if 'cifar' in dataset else 'validation', run.info.image_shape[0])
       train.validate_config(cfg)
       # read at the model's input size and channel count, framed as stored: the sets are already

@@ -278,17 +278,20 @@ def summarize(result: Mapping[str, Any]) -> dict:
 
 def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str = '',
                 attack: str = '', max_examples: int = 0, bn: str = 'batch', seed: int = 0,
-                vulnerability: bool = False, vulnerability_mode: str = 'random') -> dict:
+                vulnerability: bool = False, vulnerability_mode: str = 'random',
+                overrides: Optional[dict] = None) -> dict:
   """Figure 1 (and optionally Figure 7) data of one trained run (see the module docstring).
 
   Random subnets have width ``rho``; an EWS run's controller samples subnets of its own width
   (``ews_rho``), reported as ``controller_rho`` (a warning says when the two differ).
+  ``overrides`` changes config keys of the run, as for :func:`runner.load_run` (e.g. its
+  ``dataset`` where the one it was trained on is not at hand).
   """
   from jaxrobust import data  # pylint: disable=g-import-not-at-top
   from jaxrobust.models import controller as controller_lib  # pylint: disable=g-import-not-at-top
   from jaxrobust.models import subnets  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
-  run = runner.load_run(workdir, with_method=True)
+  run = runner.load_run(workdir, with_method=True, overrides=overrides)
   config, info, method, model, mesh = run.config, run.info, run.method, run.model, run.mesh
   space = subnets.subnet_space(model, rho, image_shape=tuple(info.image_shape))
 
