@@ -44,9 +44,9 @@ subnet.
    KL divided by the number of classes K. The paper's lambda values (1, 0.7) are in those units,
    so ``'mean'`` is the default; ``'batchmean'`` (the per-example KL, K times stronger at the same
    lambda) is the alternative. On the CPU budget, ``'batchmean'`` with lambda = 1 (10x the
-   authors' strength on CIFAR-10) cost ResNet-8-wide 6.4 points of clean accuracy. For the
-   adversarial bases a public EWS script uses a per-example KL with lambda 0.1 instead, which on
-   CIFAR-10 (K = 10) is the same term as ``'mean'`` with the paper's lambda = 1.
+   authors' strength on CIFAR-10) cost ResNet-8-wide 6.4 points of clean accuracy. One public
+   adversarial EWS training script (not confirmed to be the authors') uses a per-example KL with
+   lambda 0.1 instead: on CIFAR-10 (K = 10) the same term as ``'mean'`` with lambda = 1.
 
 **Losses per base** (Eq. 2-4; ``x'`` = PGD examples of the full network):
 
