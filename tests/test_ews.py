@@ -306,6 +306,11 @@ def test_configs_load_and_validate(name):
     ('awp', 'awp_gamma', 0.0, 'awp_gamma'),
     ('awp', 'awp_base', 'mart', 'awp_base'),
     ('ews_pgd_at', 'pgd_at_attack', 'nope', 'pgd_at_attack'),
+    # a search-attack setting that would do nothing
+    ('ews_pgd_at', 'ews_search_eps', 4 / 255,
+     r"ews_search_eps only apply to the adversarial search of natural EWS .*on its base's own "
+     r'attack \(the pgd_at_\* keys\)'),
+    ('ews', 'ews_search_num_steps', 3, r'ews_search_num_steps .*this run searches on clean'),
 ])
 def test_bad_config_values_raise(method, key, value, match):
   with pytest.raises(ValueError, match=match):

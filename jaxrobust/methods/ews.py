@@ -265,6 +265,14 @@ class EWS(Method):
                                               at.PGD_AT_PRESETS + at.TRADES_PRESETS)
       self.search_craft_bn = c.get('ews_search_craft_bn', 'batch')
       at.check_choice('ews_search_craft_bn', self.search_craft_bn, at.BN_MODES)
+    else:  # an attack setting that would do nothing is an error, not silently ignored
+      unused = [k for k in ('ews_search_eps', 'ews_search_step_size', 'ews_search_num_steps')
+                if c.get(k) is not None]
+      if unused:
+        uses = (f"its base's own attack (the {self.base_kind}_* keys)" if self.base is not None
+                else 'clean images')
+        raise ValueError(f'{", ".join(unused)} only apply to the adversarial search of natural '
+                         f'EWS (ews_search_on=adversarial); this run searches on {uses}.')
     self.controller_lr = float(c.get('ews_controller_lr', 1e-2))
     if not self.controller_lr > 0:
       raise ValueError(f'ews_controller_lr must be > 0, got {self.controller_lr}.')
