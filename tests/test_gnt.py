@@ -129,3 +129,22 @@ def test_digits_fine_tuning_from_a_vanilla_run(tmp_path):
   lines = [json.loads(l) for l in open(os.path.join(gnt_dir, 'metrics.jsonl'))]
   train_lines = [l for l in lines if l['kind'] == 'train']
   assert train_lines and all('noisy_accuracy' in l and 'clean_accuracy' in l for l in train_lines)
+
+
+@pytest.mark.parametrize('method', ['gnt', 'ant'])
+def test_imagenet_noise_training_without_a_pretrained_run_says_so(method, caplog):
+  # The paper fine-tunes a pretrained ResNet-50; on ImageNet-sized images an empty init_from
+  # trains from random weights, which the log must say (CIFAR-sized runs train from scratch).
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from jaxrobust import data  # pylint: disable=g-import-not-at-top
+  from jaxrobust.methods.base import Context  # pylint: disable=g-import-not-at-top
+  digits = data.get_info(tiny_config())
+  for shape, init_from, warned in (((224, 224, 3), '', True), ((224, 224, 3), '/runs/v', False),
+                                   ((32, 32, 3), '', False)):
+    config = tiny_config(method=method, init_from=init_from)
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+      methods.get(method)(config).setup(Context(
+          config=config, model=None, tx=None, mesh=None, steps_per_epoch=1, total_steps=1,
+          info=dataclasses.replace(digits, image_shape=shape)))
+    assert ('init_from is empty: this run trains from random weights' in caplog.text) == warned

@@ -183,6 +183,8 @@ def _chunk_size(total: int, max_chunk: int) -> int:
 class ANT(Method):
   """Alternating generator (max) / classifier (min) updates with experience replay and restarts."""
 
+  fine_tunes_on_imagenet = True
+
   def _get(self, key):
     return self.config.get(key, DEFAULTS[key])
 

@@ -4,6 +4,7 @@ import dataclasses
 from typing import Any, Callable, Iterator, Optional
 
 import jax
+from absl import logging
 
 from jaxrobust.models import MAIN
 
@@ -58,6 +59,9 @@ class Method:
   # Whether the step trains on AugMix views when ``config.augmix`` is True
   # (``jaxrobust.augmentations.AugMixSettings``); other methods reject the key.
   supports_augmix: bool = False
+  # Whether the method's paper fine-tunes a pretrained network on ImageNet (GNT, ANT): such a
+  # run without ``init_from`` trains from random weights, and the log says so.
+  fine_tunes_on_imagenet: bool = False
 
   def __init__(self, config):
     self.config = config
@@ -85,6 +89,11 @@ class Method:
 
   def setup(self, ctx: Context) -> None:
     self.ctx = ctx
+    if (self.fine_tunes_on_imagenet and ctx.info is not None and ctx.info.image_shape[0] > 64
+        and not ctx.config.get('init_from', '')):
+      logging.warning('%s fine-tunes a pretrained network in its paper, but init_from is empty: '
+                      'this run trains from random weights. Set --config.init_from=<a trained '
+                      'vanilla run> to fine-tune it.', self.name or type(self).__name__)
 
   @property
   def model(self):

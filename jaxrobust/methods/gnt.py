@@ -87,6 +87,8 @@ def noise_batch(x: jax.Array, rng: jax.Array, *, noise: str, sigmas: Sequence[fl
 class GNT(Method):
   """Minimises the cross-entropy on batches that are half clean, half Gaussian/Speckle-noised."""
 
+  fine_tunes_on_imagenet = True
+
   def _get(self, key):
     return self.config.get(key, DEFAULTS[key])
 
