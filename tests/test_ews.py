@@ -311,6 +311,7 @@ def test_configs_load_and_validate(name):
      r"ews_search_eps only apply to the adversarial search of natural EWS .*on its base's own "
      r'attack \(the pgd_at_\* keys\)'),
     ('ews', 'ews_search_num_steps', 3, r'ews_search_num_steps .*this run searches on clean'),
+    ('ews_trades', 'ews_search_step_size', 1 / 255, r"on its base's own attack \(the trades_"),
 ])
 def test_bad_config_values_raise(method, key, value, match):
   with pytest.raises(ValueError, match=match):

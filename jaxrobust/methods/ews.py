@@ -269,8 +269,8 @@ class EWS(Method):
       unused = [k for k in ('ews_search_eps', 'ews_search_step_size', 'ews_search_num_steps')
                 if c.get(k) is not None]
       if unused:
-        uses = (f"its base's own attack (the {self.base_kind}_* keys)" if self.base is not None
-                else 'clean images')
+        uses = (f"its base's own attack (the {self.base_kind}_* keys)"
+                if self.search_adversarial else 'clean images')
         raise ValueError(f'{", ".join(unused)} only apply to the adversarial search of natural '
                          f'EWS (ews_search_on=adversarial); this run searches on {uses}.')
     self.controller_lr = float(c.get('ews_controller_lr', 1e-2))
