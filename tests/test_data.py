@@ -172,7 +172,6 @@ def test_streaming_training_data_resumes_where_it_stopped():
                               np.concatenate([b['label'] for b in batches[5:8]]))
 
 
-
 @pytest.fixture(scope='module')
 def eleven_images(tmp_path_factory):
   """A real on-disk TFDS set (mock_data ignores split slicing and process slices): 11 test and

@@ -22,7 +22,6 @@ robust but its clean running statistics do not fit the corrupted images.
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Optional, Sequence
 
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from jaxrobust import corruptions, files
+from jaxrobust import files
 from jaxrobust.evaluation import runner
 from jaxrobust.models import apply_model
 
@@ -74,8 +73,7 @@ def primary_and_head_accuracy(run: runner.Run, severities: Optional[Sequence[int
     return hit(out['logits']), hit(aux), jnp.sum(mask)
 
   counts = jax.jit(counts, static_argnums=(3, 4))
-  cases = [(j, name, int(sev), jax.jit(functools.partial(corruptions.corrupt, name=name,
-                                                           severity=sev)))
+  cases = [(j, name, int(sev), runner.jitted_corruption(name, int(sev)))
            for j, name in enumerate(method.corruption_names)
            for sev in severities or (method.severities[j],)]
   modes = ((False, 'running'), (True, 'batch'))
@@ -97,6 +95,7 @@ def primary_and_head_accuracy(run: runner.Run, severities: Optional[Sequence[int
     out.setdefault(name, {})[sev] = res
     logging.info('%s s%d: %s', name, sev, ' '.join(f'{k} {100 * v:.1f}' for k, v in res.items()))
   return out
+
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'An Auxiliary Training run.')

@@ -187,6 +187,16 @@ def clean_suite(run: Run, max_examples=None) -> dict:
   return clean.evaluate(step, run.params, run.batch_stats, host, run.mesh)
 
 
+@functools.lru_cache(maxsize=None)
+def jitted_corruption(name: str, severity: int):
+  """``corruptions.corrupt`` of one corruption and severity, jitted once per process.
+
+  ``f(images, rng=key)``; every suite and analysis that corrupts on device takes it from here
+  (a fresh ``partial`` per call would be a new jit cache key and compile again).
+  """
+  return jax.jit(functools.partial(corruptions.corrupt, name=name, severity=severity))
+
+
 def corruption_suite(run: Run, names: Sequence[str] = corruptions.ALL,
                      severities: Sequence[int] = (1, 2, 3, 4, 5), max_examples=None,
                      seed: int = 0) -> dict:
@@ -202,8 +212,7 @@ def corruption_suite(run: Run, names: Sequence[str] = corruptions.ALL,
   for name in names:
     corruptions.get(name)  # ValueError listing valid names
   model_fn, predict_fn = _counts_fn(), run.predict_fn()
-  corrupt_fns = {(name, s): jax.jit(functools.partial(corruptions.corrupt, name=name, severity=s))
-                 for name in names for s in severities}
+  corrupt_fns = {(name, s): jitted_corruption(name, s) for name in names for s in severities}
   counts = dict.fromkeys(corrupt_fns, (0, 0))  # summed on device, fetched once at the end
   rng = jax.random.PRNGKey(seed)
   for i, b in enumerate(run.batches(max_examples)):
