@@ -29,7 +29,7 @@ import json
 import os
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 if __package__ in (None, ''):  # run as a script: make the repository importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -164,17 +164,26 @@ def measure_step(method: str, overrides: Optional[dict] = None, *, model: str = 
   return cost
 
 
-def compare(entries: Sequence[tuple[str, dict]], **kwargs) -> list[StepCost]:
-  """Measures vanilla and every ``(method, overrides)`` entry; fills in ``relative``."""
+def compare(entries: Sequence[tuple[str, dict]], *,
+            on_result: Optional[Callable[[StepCost], None]] = None, **kwargs) -> list[StepCost]:
+  """Measures vanilla and every ``(method, overrides)`` entry; fills in ``relative``.
+
+  ``on_result`` is called with each cost as soon as it is measured, so a long run that is
+  stopped part-way (a time-limited accelerator lease) still reports what it finished.
+  """
   base = measure_step('vanilla', {}, **kwargs)
   base.relative = 1.0
   results = [base]
+  if on_result:
+    on_result(base)
   for method, overrides in entries:
     if method == 'vanilla' and not overrides:
       continue
     cost = measure_step(method, overrides, **kwargs)
     cost.relative = cost.seconds_per_step / base.seconds_per_step
     results.append(cost)
+    if on_result:
+      on_result(cost)
   return results
 
 
@@ -218,6 +227,13 @@ def parse_entry(text: str) -> tuple[str, dict]:
   return name, overrides
 
 
+def _progress(r: StepCost) -> None:
+  extra = f', search {r.search_seconds:.2f} s' if r.search_seconds is not None else ''
+  print(f'measured {r.method} {r.overrides or ""} ({r.model}, batch {r.batch_size}): '
+        f'{1e3 * r.seconds_per_step:.2f} ms/step, x{r.relative:.2f} vanilla, '
+        f'compile {r.compile_seconds:.1f} s{extra}', file=sys.stderr, flush=True)
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--methods', default=DEFAULT_METHODS,
@@ -238,16 +254,16 @@ def main(argv=None):
   everything = []
   for model in args.models.split(','):
     for batch_size in (int(b) for b in args.batch_sizes.split(',')):
-      results = compare(entries, model=model, image_size=args.image_size,
+      results = compare(entries, on_result=_progress, model=model, image_size=args.image_size,
                         batch_size=batch_size, steps=args.steps, repeats=args.repeats,
                         devices=devices, clock=args.clock, steps_per_epoch=args.steps_per_epoch)
       print(format_table(results, args.clock, args.steps_per_epoch), flush=True)
       everything += results
-  if args.out:
-    os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-    with open(args.out, 'w') as f:
-      json.dump([dataclasses.asdict(r) | {'backend': jax.default_backend()}
-                 for r in everything], f, indent=1)
+      if args.out:  # after every table, so a stopped run keeps the finished ones
+        os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
+        with open(args.out, 'w') as f:
+          json.dump([dataclasses.asdict(r) | {'backend': jax.default_backend()}
+                     for r in everything], f, indent=1)
   return everything
 
 
