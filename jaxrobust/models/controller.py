@@ -108,8 +108,8 @@ def _draw_stats(logits, valid, idx, draw_valid):
   sums of positive terms only (no cancellation, unlike ``log(total - prefix)``), and
   ``log p = sum_j [l_{i_j} - lse_j]``. The entropy of draw ``j``'s distribution
   ``q_j = softmax over rem_j`` is ``H_j = lse_j - E_{q_j}[l]``; shifting logits by their maximum
-  ``M`` (``l' = l - M <= 0``; ``H_j`` is shift-invariant) makes ``E_{q_j}[-l']`` a ratio of
-  positive sums, computed in log space the same way.
+  ``M`` plus one (``l' = l - M - 1 <= -1``; ``H_j`` is shift-invariant) makes ``E_{q_j}[-l']`` a
+  ratio of positive sums, computed in log space the same way, whose log stays differentiable.
 
   Args:
     logits: [C_max], invalid entries already set to ``_NEG``.
@@ -122,8 +122,10 @@ def _draw_stats(logits, valid, idx, draw_valid):
   """
   chosen = jnp.zeros(logits.shape, bool).at[idx].max(draw_valid)
   unchosen = valid & ~chosen
-  shift = jax.lax.stop_gradient(jnp.max(logits))
-  lp = logits - shift                                                   # <= 0 where valid
+  # One below the maximum, not at it: at l' = 0 the log(-l') below would be clipped, losing that
+  # logit's part of the entropy's gradient (its value is unaffected, being shift-invariant).
+  shift = jax.lax.stop_gradient(jnp.max(logits)) + 1.0
+  lp = logits - shift                                                   # <= -1 where valid
   drawn = jnp.where(draw_valid, lp[idx], _NEG)                          # [m_max]
   lse = jnp.logaddexp(jax.nn.logsumexp(jnp.where(unchosen, lp, _NEG)),
                       jax.lax.cumlogsumexp(drawn, reverse=True))
