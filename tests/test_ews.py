@@ -14,6 +14,7 @@ from jaxrobust.evaluation import subnet_analysis
 from jaxrobust.methods import common, ews
 from jaxrobust.methods.base import Context
 from jaxrobust.models import controller as controller_lib
+from jaxrobust.models import subnets
 from jaxrobust.train_state import TrainState
 from tests.conftest import tiny_config
 from tests.test_subnets import random_variables
@@ -128,9 +129,9 @@ def test_step_compiles_once_and_subnet_passes_leave_statistics_alone():
   chex.assert_trees_all_close(stats_after_first, expected, rtol=1e-5, atol=1e-6)
 
 
-def _toy_reward(params, stats, x, y, masks, rng):
+def _toy_reward(params, stats, x, y, masks):
   """1 when the first block keeps its residual branch (slot 0, candidate 0), else 0."""
-  del params, stats, x, y, rng
+  del params, stats, x, y
   return masks['stage1_block1']['path'][:, 0]
 
 
@@ -279,6 +280,32 @@ def test_subnet_analysis_full_masks_reproduce_the_full_network():
                                         space=m.space, mode='all')
 
 
+def test_subnet_measurements_run_without_dropout():
+  # A WideResNet-style backbone with dropout: subnet analysis and EWS's search rewards use batch
+  # statistics but are measurements, so dropout is off (they used to fail for want of its rng)
+  # and they equal the same network without dropout.
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  with_dropout, without = (models.create_model('resnet_tiny', num_classes=10, block='preact_basic',
+                                               dropout_rate=rate) for rate in (0.5, 0.0))
+  variables = random_variables(without)
+  params, stats = variables['params'], {'main': variables['batch_stats']}
+  space = subnets.subnet_space(without, 0.5, params=params)
+  masks = space.random_batch(jax.random.key(0), 3)
+  batch = _batch(0)
+  results = [subnet_analysis.evaluate_subnets(
+      model, params, stats, [dict(batch, mask=np.ones(16, np.float32))], mesh, masks, bn='batch',
+      chunk_size=3) for model in (with_dropout, without)]
+  np.testing.assert_allclose(results[0]['accuracy'], results[1]['accuracy'])
+  np.testing.assert_allclose(results[0]['confidence'], results[1]['confidence'], rtol=1e-6)
+  accs = [ews.subnet_accuracies(model, params, stats, batch['image'], batch['label'], masks)
+          for model in (with_dropout, without)]
+  np.testing.assert_allclose(accs[0], accs[1])
+  # bn='batch' skips padded batches; when that leaves nothing, it says so instead of reporting 0.
+  padded = dict(batch, mask=np.r_[np.ones(12), np.zeros(4)].astype(np.float32))
+  with pytest.raises(ValueError, match="every batch was padded \\(12 examples\\)"):
+    subnet_analysis.evaluate_subnets(without, params, stats, [padded], mesh, masks, bn='batch')
+
+
 @pytest.mark.parametrize('name', ['ews_cifar', 'ews_imagenet', 'ews_pgd_at_cifar',
                                   'ews_trades_cifar', 'ews_trades_awp_cifar', 'awp_cifar'])
 def test_configs_load_and_validate(name):
@@ -331,6 +358,8 @@ def test_digits_end_to_end_with_a_search(tmp_path):
   assert set(res['subnets']) == {'random', 'controller'}
   assert res['rho'] == 0.25 and res['controller_rho'] == 0.5
   assert len(res['subnets']['controller']['clean']['accuracy']) == 3
+  # batch statistics skip padded batches, so 64 examples come in batches that fit them
+  assert res['subnets']['random']['clean']['count'] == 64
 
 
 def test_the_headline_ews_cifar_config_trains_on_tfds_cifar10(tmp_path):

@@ -121,7 +121,7 @@ def _steps(model, mesh, bn: str, perturbation: Optional[Perturbation]):
   def subnets(params, batch_stats, x, y, w, masks):
     def one(m):
       logits, _ = apply_model(model, params, batch_stats, x, train=bn == 'batch', domain=MAIN,
-                              update_stats=False, subnet=m)
+                              update_stats=False, subnet=m, dropout=False)
       return _sums(logits, y, w)
     conf, correct = jax.lax.map(one, masks)
     return jax.lax.psum({'confidence': conf, 'correct': correct}, parallel.AXIS)
@@ -174,10 +174,12 @@ def evaluate_subnets(model, params, batch_stats: dict, batches: Iterable[dict], 
   n = _num(masks)
   conf, correct = np.zeros(n), np.zeros(n)
   full = {'confidence': 0.0, 'correct': 0.0, 'count': 0.0}
+  skipped = 0
   for i, batch in enumerate(batches):
     mask = np.asarray(batch.get('mask', np.ones(len(batch['label']), np.float32)))
     if bn == 'batch' and mask.min() < 1:
-      continue  # padding would enter the subnets' batch statistics
+      skipped += int(mask.sum())  # padding would enter the subnets' batch statistics
+      continue
     b = parallel.shard_batch({'image': batch['image'], 'label': batch['label'], 'mask': mask},
                              mesh)
     x = b['image']
@@ -190,7 +192,16 @@ def evaluate_subnets(model, params, batch_stats: dict, batches: Iterable[dict], 
       s = parallel.to_host(steps['subnets'](params, batch_stats, x, b['label'], b['mask'], chunk))
       conf[start:start + size] += s['confidence'][:size]
       correct[start:start + size] += s['correct'][:size]
-  count = max(full['count'], 1.0)
+  if skipped:
+    logging.warning('Subnet evaluation with bn=batch skipped %d examples in padded batches '
+                    '(batch statistics must not see padding).', skipped)
+  if full['count'] == 0:
+    raise ValueError(
+        'No examples were evaluated: ' + (
+            f"with bn='batch' every batch was padded ({skipped} examples); use an example count "
+            "that fills at least one evaluation batch, or bn='running'." if skipped else
+            'the batches were empty.'))
+  count = full['count']
   return {'confidence': conf / count, 'accuracy': correct / count,
           'full_confidence': full['confidence'] / count, 'full_accuracy': full['correct'] / count,
           'count': int(full['count'])}
@@ -294,9 +305,15 @@ def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str =
   run = runner.load_run(workdir, with_method=True, overrides=overrides)
   config, info, method, model, mesh = run.config, run.info, run.method, run.model, run.mesh
   space = subnets.subnet_space(model, rho, image_shape=tuple(info.image_shape))
+  batch_size = config.eval_batch_size
+  if bn == 'batch' and max_examples:
+    # Batch statistics must not see padding, so padded batches are skipped: with few examples,
+    # batches no larger than the examples asked for (a multiple of the devices).
+    devices = mesh.devices.size
+    batch_size = min(batch_size, max(devices, max_examples // devices * devices))
 
   def make_batches():
-    return data.eval_iterator(info, global_batch_size=config.eval_batch_size,
+    return data.eval_iterator(info, global_batch_size=batch_size,
                               source=run.eval_source,
                               data_dir=config.get('data_dir') or None,
                               max_examples=max_examples or None)

@@ -153,21 +153,19 @@ def subnet_distillation(model, params, batch_stats: dict, x, full_logits, masks,
   return common.distillation_kl(full_logits, sub_logits, reduction=reduction), sub_logits
 
 
-def subnet_accuracies(model, params, batch_stats: dict, x, y, masks, *,
-                      rng: Optional[jax.Array] = None) -> jax.Array:
+def subnet_accuracies(model, params, batch_stats: dict, x, y, masks) -> jax.Array:
   """Accuracy of each of a batch of subnets (masks with a leading [N] axis) on ``(x, y)``.
 
   Subnets run one after another (``lax.map``: memory of one forward pass), with batch
-  statistics and no statistics update. Per-device values (pmean them across devices).
+  statistics, no statistics update and no dropout (a measurement, not a training pass).
+  Per-device values (pmean them across devices).
 
   Returns:
     [N] accuracies.
   """
-  rngs = None if rng is None else {'dropout': rng}
-
   def one(m):
     logits, _ = apply_model(model, params, batch_stats, x, train=True, domain=MAIN,
-                            update_stats=False, rngs=rngs, subnet=m)
+                            update_stats=False, subnet=m, dropout=False)
     return common.accuracy(logits, y)
   return jax.lax.map(one, masks)
 
@@ -490,7 +488,7 @@ class EWS(Method):
                     attack_kwargs=kwargs, domain=MAIN, bn_mode=self.search_craft_bn,
                     dropout_rng=k_drop)
 
-  def subnet_rewards(self, params, batch_stats, x, y, masks, rng):
+  def subnet_rewards(self, params, batch_stats, x, y, masks):
     """EWS's reward of each subnet: minus its accuracy on ``(x, y)`` over all devices.
 
     Args:
@@ -499,7 +497,7 @@ class EWS(Method):
     Returns:
       [C] rewards ``-R(alpha_i, batch)`` (identical on every device).
     """
-    accs = subnet_accuracies(self.model, params, batch_stats, x, y, masks, rng=rng)
+    accs = subnet_accuracies(self.model, params, batch_stats, x, y, masks)
     return -jax.lax.pmean(accs, parallel.AXIS)
 
   def search_step(self, state, batch, first):
@@ -513,14 +511,13 @@ class EWS(Method):
     ctrl = state.extras['controller']
     key = common.stream_key(state.rng, 'ews/search', ctrl['steps'])
     k_sample, k_local = jax.random.split(key)
-    k_local = jax.random.fold_in(k_local, jax.lax.axis_index(parallel.AXIS))
-    k_images, k_eval = jax.random.split(k_local)
+    k_images = jax.random.fold_in(k_local, jax.lax.axis_index(parallel.AXIS))
     x, y = batch['image'], batch['label']
     x = self._search_images(state, x, y, k_images)
     sample = controller_lib.sample_subnets(self.controller, ctrl['params'], k_sample,
                                            self.num_subnets)
     rewards = self.subnet_rewards(state.params, state.batch_stats, x, y,
-                                  self.space.from_slot_masks(sample.masks), k_eval)
+                                  self.space.from_slot_masks(sample.masks))
     rewards = jax.lax.stop_gradient(rewards)
     baseline = jnp.where(first, jnp.mean(rewards), ctrl['baseline'])
 
@@ -549,8 +546,7 @@ class EWS(Method):
     key = common.stream_key(state.rng, 'ews/compare', ctrl['steps'])
     key = jax.random.fold_in(key, index)
     k_ctrl, k_rand, k_local = jax.random.split(key, 3)
-    k_local = jax.random.fold_in(k_local, jax.lax.axis_index(parallel.AXIS))
-    k_images, k_eval = jax.random.split(k_local)
+    k_images = jax.random.fold_in(k_local, jax.lax.axis_index(parallel.AXIS))
     x, y = batch['image'], batch['label']
     x = self._search_images(state, x, y, k_images)
     ctrl_masks = self.space.from_slot_masks(controller_lib.sample_subnets(
@@ -558,7 +554,7 @@ class EWS(Method):
     rand_masks = self.space.random_batch(k_rand, self.num_subnets)
     both = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ctrl_masks, rand_masks)
     accs = jax.lax.pmean(subnet_accuracies(self.model, state.params, state.batch_stats, x, y,
-                                           both, rng=k_eval), parallel.AXIS)
+                                           both), parallel.AXIS)
     return {'controller_accuracy': jnp.mean(accs[:self.num_subnets]),
             'random_accuracy': jnp.mean(accs[self.num_subnets:])}
 

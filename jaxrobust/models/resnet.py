@@ -114,7 +114,7 @@ class PreActBlock(nn.Module):
   expansion = 1
 
   @nn.compact
-  def __call__(self, x, *, train, domain, subnet=None):
+  def __call__(self, x, *, train, domain, subnet=None, dropout=None):
     bn = _bound_norm(self.norm, train, domain)
     out = nn.relu(bn(name='bn1')(x))
     shortcut = x
@@ -124,7 +124,7 @@ class PreActBlock(nn.Module):
     y = self.conv(self.features, (3, 3), self.strides, name='conv1')(out)
     y = _mask(nn.relu(bn(name='bn2')(y)), subnet, 'conv1')
     if self.dropout_rate > 0:
-      y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+      y = nn.Dropout(self.dropout_rate, deterministic=not (train if dropout is None else dropout))(y)
     y = _mask(self.conv(self.features, (3, 3), name='conv2')(y), subnet, 'conv2')
     return _paths(y, shortcut, subnet)
 
@@ -195,7 +195,18 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool, domain: str = MAIN, return_features: bool = False,
-               subnet: Optional[dict] = None):
+               subnet: Optional[dict] = None, dropout: Optional[bool] = None):
+    """Logits (or features) of ``x``.
+
+    Args:
+      x: images in [0, 1], NHWC.
+      train: BatchNorm with batch statistics (True) or running statistics (False).
+      domain: whose BatchNorm statistics and affine parameters to use.
+      return_features: return ``{'features', 'pooled', 'logits'}``.
+      subnet: per-block masks of a subnet (``jaxrobust.models.subnets``).
+      dropout: whether dropout is active; defaults to ``train``. Evaluation passes that use batch
+        statistics (subnet analysis, EWS's search rewards) turn it off.
+    """
     conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, padding='SAME')
     norm = functools.partial(DomainBatchNorm, momentum=self.bn_momentum,
                              axis_name=self.bn_axis_name, affine_domains=tuple(self.affine_domains))
@@ -213,10 +224,12 @@ class ResNet(nn.Module):
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        kwargs = {'dropout_rate': self.dropout_rate} if block_cls is PreActBlock else {}
+        has_dropout = block_cls is PreActBlock
+        kwargs = {'dropout_rate': self.dropout_rate} if has_dropout else {}
         name = f'stage{i + 1}_block{j + 1}'
         x = block_cls(width, strides, conv, norm, name=name, **kwargs)(
-            x, train=train, domain=domain, subnet=None if subnet is None else subnet[name])
+            x, train=train, domain=domain, subnet=None if subnet is None else subnet[name],
+            **({'dropout': dropout} if has_dropout else {}))
     if self.preact:
       x = nn.relu(bn(name='final_bn')(x))
     features = x
