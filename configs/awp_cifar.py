@@ -4,7 +4,7 @@ AT-AWP: PGD-10 adversarial training (eps 8/255) of a PreAct ResNet-18 for 200 ep
 divided by 10 at epochs 100 and 150), with one normalised ascent step on the weights per
 iteration, layer-wise relative to the weight norm: gamma = 5e-3 (the AWP paper's value; its
 official AT-AWP script defaults to 1e-2), no warm-up. ``--config.awp_base=trades`` gives
-TRADES-AWP (use ``--config.awp_warmup_epochs=10`` as its script does).
+TRADES-AWP (add ``--config.awp_warmup_epochs=9``: its script perturbs from the 10th epoch).
 
     python -m jaxrobust.main --config=configs/awp_cifar.py --workdir=/tmp/awp_cifar
 

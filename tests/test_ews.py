@@ -339,6 +339,10 @@ def test_configs_load_and_validate(name):
      r'attack \(the pgd_at_\* keys\)'),
     ('ews', 'ews_search_num_steps', 3, r'ews_search_num_steps .*this run searches on clean'),
     ('ews_trades', 'ews_search_step_size', 1 / 255, r"on its base's own attack \(the trades_"),
+    ('ews_pgd_at', 'ews_search_craft_bn', 'running', r"ews_search_craft_bn only apply"),
+    ('ews', 'ews_search_attack', 'madry_pgd20', r'ews_search_attack only apply.*on clean images'),
+    ('ews', 'awp_gamma', 5e-3, r"adversarial training \(methods 'ews_pgd_at', 'ews_trades', "
+     r"'awp'\); method 'ews' trains on clean images"),
 ])
 def test_bad_config_values_raise(method, key, value, match):
   with pytest.raises(ValueError, match=match):

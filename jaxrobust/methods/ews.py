@@ -65,14 +65,15 @@ The adversarial bases reuse :mod:`jaxrobust.methods.adversarial_training` and it
 (``pgd_at_attack``, ``pgd_at_gamma``, ``pgd_at_craft_bn``, ``trades_attack``, ``trades_beta``,
 ``trades_craft_bn``, ...), so ``lambda = 0`` reproduces ``'pgd_at'`` / ``'trades'`` exactly.
 
-**AWP** (Wu, Xia & Wang 2020; ``awp_gamma > 0``, from ``awp_warmup_epochs`` on): per step,
+**AWP** (Wu, Xia & Wang 2020; ``awp_gamma > 0``, after ``awp_warmup_epochs`` epochs without it):
+per step,
 one ascent step on the weights, layer-wise relative to the weight norm: with ``g_l`` the
 (device-averaged) gradient of the *base* loss (on the already crafted ``x'``, train-mode BN,
 no statistics update) w.r.t. the kernel ``w_l`` of every convolution / dense layer,
 ``v_l = awp_gamma * ||w_l|| * g_l / ||g_l||`` (biases and BN parameters are not perturbed); the
 training gradient is taken at ``w + v`` and applied to ``w``. Published defaults: ``awp_gamma =
-5e-3`` (the AWP paper; the official AT-AWP script uses 1e-2, TRADES-AWP 5e-3 with 10 warm-up
-epochs). With EWS, the KL terms are evaluated at the perturbed weights too.
+5e-3`` (the AWP paper; the official AT-AWP script uses 1e-2, TRADES-AWP 5e-3 from its 10th
+epoch, i.e. ``awp_warmup_epochs = 9``). With EWS, the KL terms are evaluated at the perturbed weights too.
 
 **Batch composition** per step: natural: B clean through the full network + B through the
 subnet. PGD-AT: B adversarial (+ B clean if gamma > 0) through the full network, and the same
@@ -266,6 +267,9 @@ class EWS(Method):
     else:  # an attack setting that would do nothing is an error, not silently ignored
       unused = [k for k in ('ews_search_eps', 'ews_search_step_size', 'ews_search_num_steps')
                 if c.get(k) is not None]
+      unused += [k for k, default in (('ews_search_attack', 'madry_pgd10'),
+                                      ('ews_search_craft_bn', 'batch'))
+                 if c.get(k, default) != default]
       if unused:
         uses = (f"its base's own attack (the {self.base_kind}_* keys)"
                 if self.search_adversarial else 'clean images')
@@ -289,6 +293,10 @@ class EWS(Method):
     self.awp_gamma = at.check_nonnegative('awp_gamma', c.get('awp_gamma', self.default_awp_gamma))
     self.awp_warmup_epochs = at.check_nonnegative('awp_warmup_epochs',
                                                   c.get('awp_warmup_epochs', 0.0))
+    if self.awp_gamma > 0 and self.base is None:
+      raise ValueError(f'awp_gamma={self.awp_gamma}: adversarial weight perturbation belongs to '
+                       "adversarial training (methods 'ews_pgd_at', 'ews_trades', 'awp'); "
+                       f"method {c.method!r} trains on clean images. Set awp_gamma=0.")
 
   @property
   def has_subnets(self) -> bool:
@@ -640,6 +648,12 @@ class EWS(Method):
     if not self.has_subnets or self.search == 'random':
       return []
     every = max(1, int(round(self.search_every_epochs * self.ctx.steps_per_epoch)))
+    if every >= self.ctx.total_steps:
+      logging.warning('ews_search_every_epochs=%g: the %s search never runs within the %d '
+                      'training steps, so EWS trains throughout on the subnets chosen at '
+                      'initialisation (an untrained controller samples nearly uniformly).',
+                      self.search_every_epochs, self.search, self.ctx.total_steps)
+    return [Hook(every_steps=every, fn=self.run_search, name='ews_search')]
     return [Hook(every_steps=every, fn=self.run_search, name='ews_search')]
 
 
