@@ -148,3 +148,28 @@ def test_imagenet_noise_training_without_a_pretrained_run_says_so(method, caplog
           config=config, model=None, tx=None, mesh=None, steps_per_epoch=1, total_steps=1,
           info=dataclasses.replace(digits, image_shape=shape)))
     assert ('init_from is empty: this run trains from random weights' in caplog.text) == warned
+
+
+def test_a_small_share_per_device_that_loses_a_part_of_the_mix_raises(caplog):
+  # Every device composes its own share of the batch; rounding a small share loses a part.
+  import jax  # pylint: disable=g-import-not-at-top
+  from jaxrobust import data, parallel  # pylint: disable=g-import-not-at-top
+  from jaxrobust.methods.base import Context  # pylint: disable=g-import-not-at-top
+  info = data.get_info(tiny_config())
+  mesh = parallel.make_mesh(jax.devices()[:8])
+
+  def setup(method, batch_size):
+    config = tiny_config(method=method, batch_size=batch_size)
+    methods.get(method)(config).setup(Context(config=config, model=None, tx=None, mesh=mesh,
+                                              info=info, steps_per_epoch=1, total_steps=1))
+
+  with pytest.raises(ValueError, match=r'gnt: each device composes its 1 images as clean 0 '
+                                       r'\(50% asked\), noisy 1 \(50% asked\), so the clean part'):
+    setup('gnt', 8)
+  with pytest.raises(ValueError, match='so the current generator part gets none'):
+    setup('ant', 24)  # 3 per device: 2 clean, 0 current, 1 replay
+  for batch_size, warned in ((64, True), (80, False)):  # 4/2/2 of 8 skews 50/30/20; 5/3/2 of 10
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+      setup('ant', batch_size)
+    assert ('use more images per device for the configured mix' in caplog.text) == warned

@@ -227,6 +227,13 @@ class ANT(Method):
     """``ant_eps``, or :func:`default_eps` of ``image_shape`` (H, W, C) when it is 0."""
     return float(self._get('ant_eps')) or default_eps(image_shape)
 
+  def setup(self, ctx) -> None:
+    super().setup(ctx)
+    b = common.local_batch_size(ctx)
+    fractions = [float(self._get(f'ant_{k}_fraction')) for k in ('clean', 'current', 'replay')]
+    common.check_batch_parts('ant', b, tuple(zip(('clean', 'current generator', 'replay'),
+                                                 fractions, self.sizes(b))))
+
   def sizes(self, batch_size: int) -> Tuple[int, int, int]:
     return split_sizes(batch_size, float(self._get('ant_clean_fraction')),
                        float(self._get('ant_current_fraction')))

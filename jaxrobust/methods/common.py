@@ -1,7 +1,9 @@
 """Losses, update helpers and key streams shared by the methods."""
 
 import zlib
+from typing import Sequence, Tuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import optax
@@ -190,3 +192,36 @@ def part_accuracies(logits, labels, parts):
       metrics[f'{name}_accuracy'] = jnp.mean(correct[start:start + size])
     start += size
   return metrics
+
+
+def local_batch_size(ctx) -> int:
+  """Images of the global batch each device gets (its share composes its own mix)."""
+  devices = ctx.mesh.devices.size if ctx.mesh is not None else 1
+  return int(ctx.config.batch_size) // devices
+
+
+def check_batch_parts(method: str, local_batch: int,
+                      parts: Sequence[Tuple[str, float, int]]) -> None:
+  """Checks the parts (clean | noisy, ...) that every device composes its share of a batch from.
+
+  Each device rounds its own share, so a small share (a large batch over many devices is small
+  per device) can lose a part or skew the mix, the same way on every device.
+
+  Args:
+    method: the method's name, for messages.
+    local_batch: images per device.
+    parts: ``(name, configured fraction, images per device)`` per part.
+
+  Raises:
+    ValueError: a part configured above 0 gets no image. (A mix 5 points or more off the
+      configured fractions only warns.)
+  """
+  mix = ', '.join(f'{name} {k} ({fraction:.0%} asked)' for name, fraction, k in parts)
+  missing = [name for name, fraction, k in parts if fraction > 0 and k == 0]
+  if missing:
+    raise ValueError(f'{method}: each device composes its {local_batch} images as {mix}, so the '
+                     f'{" and ".join(missing)} part gets none. Use more images per device (a '
+                     'larger batch_size, or fewer devices).')
+  if any(abs(k / local_batch - fraction) >= 0.05 - 1e-9 for _, fraction, k in parts):
+    logging.warning('%s: each device composes its %d images as %s; use more images per device '
+                    'for the configured mix.', method, local_batch, mix)

@@ -105,6 +105,12 @@ class GNT(Method):
     if not 0.0 <= frac < 1.0:
       raise ValueError(f'gnt_clean_fraction={frac!r}: allowed a value in [0, 1).')
 
+  def setup(self, ctx) -> None:
+    super().setup(ctx)
+    b, frac = common.local_batch_size(ctx), float(self._get('gnt_clean_fraction'))
+    n_clean = num_clean(b, frac)
+    common.check_batch_parts('gnt', b, (('clean', frac, n_clean), ('noisy', 1 - frac, b - n_clean)))
+
   @property
   def sigmas(self) -> tuple:
     sigmas = self._get('gnt_sigmas')
