@@ -249,3 +249,22 @@ def test_corruption_suite_streams_the_split_once_and_scores_every_corruption(tra
       assert total == 40
       assert errors[name][s] == pytest.approx(1.0 - correct / 40), (name, s)
   assert errors['contrast'][5] > errors['contrast'][1]
+
+
+def test_an_attack_that_moves_a_wrong_image_onto_its_label_does_not_count_it_robust():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
+
+  def predict(x):  # class 1 when the image is bright, else class 0
+    bright = jnp.mean(x, axis=(1, 2, 3)) > 0.5
+    return jnp.stack([1.0 - bright, bright * 1.0], axis=-1)
+
+  def brighten(predict_fn, x, y, rng, **unused):  # an "attack" that lands every image on class 1
+    del predict_fn, y, rng
+    return jnp.ones_like(x)
+
+  x = jnp.concatenate([jnp.full((1, 4, 4, 3), 0.2), jnp.full((2, 4, 4, 3), 0.8)])
+  y = jnp.array([1, 1, 0])  # wrong clean, right clean and attacked, flipped by the attack
+  correct, count = runner._attack_counts(brighten, {})(
+      jax.tree_util.Partial(predict), x, y, jnp.ones(3), jax.random.key(0))
+  assert (int(correct), int(count)) == (1, 3)

@@ -305,7 +305,10 @@ def _attack_counts(attack, kwargs):
   @jax.jit
   def fn(predict_fn, x, y, mask, rng, **traced):
     x_adv = attack(predict_fn, x, y, rng, **{**kwargs, **traced})
-    return _count(predict_fn(x_adv), y, mask)
+    # Robust = right on the clean image and on the attacked one: an attack that happens to move
+    # a misclassified image onto its label must not count it robust.
+    ok = attacks.robust_correct(predict_fn, x_adv, y, x_clean=x)
+    return jnp.sum(ok * mask).astype(jnp.int32), jnp.sum(mask).astype(jnp.int32)
   return fn
 
 
