@@ -50,6 +50,7 @@ def test_all_suites_write_a_report(trained, tmp_path):
   assert np.asarray(report['frequency']['map']).shape == (8, 8)
   summary = open(tmp_path / 'summary.md').read()
   assert '## Clean' in summary and 'apgd_ce' in summary and 'epsilon*' in summary
+  assert '| advprop_pgd1 (eps 1/255) |' in summary and '| madry_pgd10 |' in summary
   # The comparison table (scripts/compare_methods.py) reads the run's files back.
   run_dir = tmp_path / 'as_run'
   (run_dir / 'eval_main').mkdir(parents=True)

@@ -296,6 +296,14 @@ def attack_suite(run: Run, names: Sequence[str] = PGD_SUITE, max_examples: int =
   return out
 
 
+def _attack_label(name: str) -> str:
+  """``name``, with its eps when a preset attacks at another radius than 8/255."""
+  if name not in attacks.presets.NAMES:
+    return name
+  eps = attacks.presets.attack_kwargs(name).get('eps', 8 / 255)
+  return name if abs(eps - 8 / 255) < 1e-9 else f'{name} (eps {eps * 255:g}/255)'
+
+
 def _attack_counts(attack, kwargs):
   """jit: (predict_fn, x, y, mask, rng, **traced) -> :func:`_count` under ``attack``.
 
@@ -482,7 +490,8 @@ def write_report(report: dict, out_dir: str) -> None:
     rows += [(k, v) for k, v in report.get('apgd', {}).items() if k != 'settings']
     lines += ['## Adversarial robustness (L-inf, eps 8/255 unless stated)', '',
               '| attack | accuracy |', '|---|---|']
-    lines += [f'| {k} | {100 * v:.2f}% |' for k, v in rows if v is not None] + ['']
+    lines += [f'| {_attack_label(k)} | {100 * v:.2f}% |' for k, v in rows if v is not None]
+    lines += ['']
     (out / 'attacks.csv').write_text(
         'attack,accuracy\n' + ''.join(f'{k},{v:.4f}\n' for k, v in rows if v is not None))
     if 'pgd' in report:
