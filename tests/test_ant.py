@@ -275,6 +275,19 @@ def test_validate_rejects_bad_values():
                      ({'ant_gen_learning_rate': 0.0}, 'ant_gen_learning_rate')):
     with pytest.raises(ValueError, match=match):
       methods.get('ant')(tiny_config(method='ant', **bad))
+  # The radius is checked against the image size once it is known: the digits are 8x8x1.
+  from jaxrobust import data  # pylint: disable=g-import-not-at-top
+  from jaxrobust.methods.base import Context  # pylint: disable=g-import-not-at-top
+  for eps, ok in ((7.9, True), (8.0, False)):
+    config = tiny_config(method='ant', ant_eps=eps)
+    setup = lambda: methods.get('ant')(config).setup(Context(  # pylint: disable=cell-var-from-loop
+        config=config, model=None, tx=None, mesh=None, info=data.get_info(config),
+        steps_per_epoch=1, total_steps=1))
+    if ok:
+      setup()
+    else:
+      with pytest.raises(ValueError, match=r'ant_eps=8 cannot be reached on \(8, 8, 1\) images'):
+        setup()
 
 
 @pytest.mark.parametrize('name,kind', [('ant_cifar', '1x1'), ('ant3x3_cifar', '3x3'),

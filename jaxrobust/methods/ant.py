@@ -111,6 +111,8 @@ def default_eps(image_shape: Sequence[int]) -> float:
   The paper fixes the radius because GNT with one sigma worked best (footnote 4); 0.18 is the
   paper's best ImageNet sigma 0.5 scaled by 0.36, the ratio of CIFAR-10-C's to ImageNet-C's
   Gaussian-noise severities (0.074 / 0.204 on average): CIFAR-10 (N = 3072) gives eps = 9.2.
+  The same CIFAR-scaled sigma applies at every size (224 x 224 x 3 gives 64.4); the ImageNet
+  configs set the paper's own radius, ``ant_eps = 135`` (sigma 0.5), explicitly.
   """
   return float(EPS_PER_PIXEL * math.sqrt(float(np.prod(image_shape))))
 
@@ -229,6 +231,14 @@ class ANT(Method):
 
   def setup(self, ctx) -> None:
     super().setup(ctx)
+    if ctx.info is not None:
+      shape = tuple(ctx.info.image_shape)
+      reach = math.sqrt(float(np.prod(shape)))  # every pixel moved by 1: no clipped noise goes further
+      if self.eps(shape) >= reach:
+        raise ValueError(f'ant_eps={self.eps(shape):g} cannot be reached on {shape} images: the '
+                         f'L2 norm of noise clipped to [0, 1] stays below sqrt(H*W*C) = '
+                         f'{reach:.1f}. (135 is the paper\'s radius for 224 x 224 x 3; 0 picks '
+                         f'{default_eps(shape):.1f} for these images.)')
     b = common.local_batch_size(ctx)
     fractions = [float(self._get(f'ant_{k}_fraction')) for k in ('clean', 'current', 'replay')]
     common.check_batch_parts('ant', b, tuple(zip(('clean', 'current generator', 'replay'),
