@@ -67,7 +67,7 @@ def primary_and_head_accuracy(run: runner.Run, severities: Optional[Sequence[int
 
   def counts(x, y, mask, j, batch_stats_mode):
     out, _ = apply_model(model, run.params, run.batch_stats, x, train=batch_stats_mode,
-                         update_stats=False, return_features=True)
+                         update_stats=False, return_features=True, dropout=False)
     aux = head.apply({'params': jax.tree.map(lambda p: p[j], heads)}, out['features'])
     hit = lambda logits: jnp.sum((jnp.argmax(logits, -1) == y) * mask)
     return hit(out['logits']), hit(aux), jnp.sum(mask)
