@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -253,7 +254,6 @@ def test_corruption_suite_streams_the_split_once_and_scores_every_corruption(tra
 
 
 def test_an_attack_that_moves_a_wrong_image_onto_its_label_does_not_count_it_robust():
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
 
   def predict(x):  # class 1 when the image is bright, else class 0
@@ -269,3 +269,24 @@ def test_an_attack_that_moves_a_wrong_image_onto_its_label_does_not_count_it_rob
   correct, count = runner._attack_counts(brighten, {})(
       jax.tree_util.Partial(predict), x, y, jnp.ones(3), jax.random.key(0))
   assert (int(correct), int(count)) == (1, 3)
+
+
+def test_imagenet_sized_on_the_fly_corruptions_say_what_their_normalised_mce_compares_with(
+    tmp_path, caplog):
+  from jaxrobust import corruptions  # pylint: disable=g-import-not-at-top
+  from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
+  errors = {'gaussian_noise': {'3': 0.5}}
+  for baseline, said in (('alexnet', True), (None, False)):
+    report = {'workdir': 'w', 'method': 'vanilla', 'model': 'resnet50', 'dataset': 'imagenet2012',
+              'step': 1, 'domain': 'main', 'devices': 1, 'timings_s': {},
+              'corruptions': {'errors': errors, 'baseline': baseline,
+                              'summary': {'mce': 0.5, 'mce_normalized': 0.6}}}
+    runner.write_report(report, str(tmp_path / str(baseline)))
+    text = (tmp_path / str(baseline) / 'summary.md').read_text()
+    assert ('through the `tfds_corruptions` suite, which reads the official one' in text) == said
+  # ImageNet-C's pixel-sized parameters on images of another size than 224 px: a warning.
+  with caplog.at_level('WARNING'):
+    for size in (224, 96):
+      corruptions.get("defocus_blur")(jnp.zeros((1, size, size, 3)), jax.random.key(0), 1)
+  assert 'Corrupting 96 px images with the ImageNet-C table' in caplog.text
+  assert 'Corrupting 224 px' not in caplog.text

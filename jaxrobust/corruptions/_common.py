@@ -1,6 +1,9 @@
 """Input validation and severity-table lookup shared by every corruption."""
 
+import functools
 import numbers
+
+from absl import logging
 
 import jax.numpy as jnp
 
@@ -50,6 +53,15 @@ def check_images(images):
   return jnp.asarray(images, jnp.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_imagenet_table_size(size: int) -> None:
+  """Once per size: ImageNet-C's spatial parameters are pixel sizes meant for 224 px images."""
+  logging.warning('Corrupting %d px images with the ImageNet-C table: its blur radii, glass '
+                  'displacements and elastic sizes are pixels at 224 px, so relative to these '
+                  'images they act %.2fx as strongly as in ImageNet-C. Pass table= to choose.',
+                  size, 224 / size)
+
+
 def resolve_table(images, table=None):
   """Chooses the severity table for ``images``.
 
@@ -63,7 +75,11 @@ def resolve_table(images, table=None):
   """
   if table is None:
     size = max(images.shape[1], images.shape[2])
-    return _params.CIFAR if size <= _params.CIFAR_MAX_SIZE else _params.IMAGENET
+    if size <= _params.CIFAR_MAX_SIZE:
+      return _params.CIFAR
+    if size != 224:
+      _warn_imagenet_table_size(int(size))
+    return _params.IMAGENET
   if table not in _params.TABLES:
     raise ValueError(f'table must be None or one of {_params.TABLES}, got {table!r}.')
   return table

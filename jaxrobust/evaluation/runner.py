@@ -418,6 +418,7 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
       res['summary'] = metrics.corruption_summary(
           {k: v for k, v in res['errors'].items() if k in corruptions.ALL}, clean_error=clean_err,
           baseline=baseline)
+      res['baseline'] = baseline if baseline in (None, 'alexnet') else 'given errors'
       report[suite] = res
     elif suite == 'pgd':
       report['pgd'] = attack_suite(run, max_examples=attack_examples)
@@ -445,6 +446,7 @@ def _json_default(o):
 def write_report(report: dict, out_dir: str) -> None:
   """report.json, one CSV per table, summary.md and PNG plots, in ``out_dir`` (local or a URI)."""
   out = files.as_path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
   (out / 'report.json').write_text(json.dumps(report, indent=1, default=_json_default))
   lines = [f'# Evaluation of `{report["workdir"]}`', '',
            f'{report["method"]} / {report["model"]} on {report["dataset"]}, step {report["step"]}, '
@@ -476,6 +478,11 @@ def write_report(report: dict, out_dir: str) -> None:
     keys = [k for k in summary if '/' not in k]
     md += ['', 'Summary (unnormalised numbers are plain mean errors/accuracies; `*_normalized` '
            'are CE ratios to the baseline — AlexNet for ImageNet-C, or a baseline run):', '']
+    if suite == 'corruptions' and report[suite].get('baseline') == 'alexnet':
+      md += ['The corruptions here are generated on device and approximate the published set '
+             '(no JPEG quality-85 re-save, a procedural frost): compare `*_normalized` with '
+             'published mCE through the `tfds_corruptions` suite, which reads the official one.',
+             '']
     md += [f'- {k}: {summary[k]:.4f}' for k in keys] + ['']
     (out / f'{suite}.csv').write_text('\n'.join(csv) + '\n')
     lines += md
