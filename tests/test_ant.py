@@ -360,3 +360,30 @@ def test_adversarial_noise_eps_star_on_a_tiny_model():
   with pytest.raises(ValueError, match='ran out'):
     adversarial_noise.train_noise_generator(logits_fn, train_batches[:2], jax.random.PRNGKey(0),
                                             eps=0.5, steps=4, chunk=4)
+
+
+def test_every_generator_and_model_of_an_evaluation_reuses_one_compiled_program():
+  # The frozen model (a Partial holding its weights) and each generator's parameters are
+  # inputs of the compiled programs, not constants baked into new ones.
+  traces = []
+
+  def logits(weight, x):
+    traces.append(1)  # runs only while JAX traces
+    score = weight * (jnp.mean(x[..., 0], axis=(1, 2)) - 0.5)
+    return jnp.stack([score, -score], axis=-1)
+
+  rng = np.random.default_rng(1)
+  batches = [{'image': rng.uniform(size=(8, 4, 4, 3)).astype(np.float32),
+              'label': np.zeros(8, np.int32)} for _ in range(2)]
+  gen = ant.make_generator('1x1')
+  for i, weight in enumerate((40.0, 20.0)):
+    model = jax.tree_util.Partial(logits, jnp.float32(weight))
+    params, _ = adversarial_noise.train_noise_generator(
+        model, batches, jax.random.PRNGKey(i), eps=0.5, steps=2, chunk=2, generator=gen)
+    from jaxrobust.evaluation import noise_robustness  # pylint: disable=g-import-not-at-top
+    noise_robustness.median_eps_star(model, batches, jax.random.PRNGKey(i), num_coarse=4,
+                                     num_bisect=2,
+                                     noise=adversarial_noise.generator_directions(gen, params))
+    if i == 0:
+      first = len(traces)
+  assert first > 0 and len(traces) == first

@@ -25,6 +25,7 @@ Command line (a finished run's workdir; writes ``<workdir>/adversarial_noise.jso
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -58,6 +59,35 @@ def make_generator_tx(optimizer: str, learning_rate: float) -> optax.GradientTra
   if not learning_rate > 0:
     raise ValueError(f'learning_rate={learning_rate!r}: allowed a value > 0.')
   return optax.adam(learning_rate) if optimizer == 'adam' else optax.sgd(learning_rate)
+
+
+@functools.lru_cache(maxsize=None)
+def _generator_chunk(generator: NoiseGenerator, optimizer: str, learning_rate: float,
+                     eps: float):
+  """jit: a ``lax.scan`` of generator ascent steps over a chunk of batches, compiled once per
+  setting. The frozen model comes in as an argument (a ``Partial`` holding its weights), so
+  every generator of an evaluation, and every model of a comparison, reuses the program."""
+  tx = make_generator_tx(optimizer, learning_rate)
+
+  def one_step(logits_fn, carry, inputs):
+    params, opt_state = carry
+    x, y, w, r = inputs
+
+    def neg_ce(p):
+      x_noisy = generate_noise(p, r, x, eps, generator=generator)
+      return -_ce(logits_fn(x_noisy), y, w)
+
+    loss, grads = jax.value_and_grad(neg_ce)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), -loss
+
+  @jax.jit
+  def run_chunk(logits_fn, params, opt_state, xs, ys, ws, key):
+    keys = jax.random.split(key, xs.shape[0])
+    (params, opt_state), ces = jax.lax.scan(functools.partial(one_step, logits_fn),
+                                            (params, opt_state), (xs, ys, ws, keys))
+    return params, opt_state, ces
+  return run_chunk
 
 
 def train_noise_generator(logits_fn: LogitsFn, batches: Iterable[Any], rng: jax.Array, *,
@@ -103,24 +133,8 @@ def train_noise_generator(logits_fn: LogitsFn, batches: Iterable[Any], rng: jax.
   z0 = jnp.zeros(generator.latent_shape((1, 1, 1, first[0].shape[-1])), jnp.float32)
   params = generator.init(init_rng, z0)['params']
   opt_state = tx.init(params)
-
-  def one_step(carry, inputs):
-    params, opt_state = carry
-    x, y, w, r = inputs
-
-    def neg_ce(p):
-      x_noisy = generate_noise(p, r, x, eps, generator=generator)
-      return -_ce(logits_fn(x_noisy), y, w)
-
-    loss, grads = jax.value_and_grad(neg_ce)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), -loss
-
-  @jax.jit
-  def run_chunk(params, opt_state, xs, ys, ws, key):
-    keys = jax.random.split(key, xs.shape[0])
-    (params, opt_state), ces = jax.lax.scan(one_step, (params, opt_state), (xs, ys, ws, keys))
-    return params, opt_state, ces
+  run_chunk = _generator_chunk(generator, optimizer, float(learning_rate), float(eps))
+  logits_fn = noise_robustness.as_argument(logits_fn)
 
   history = []
   pending = [first]
@@ -129,17 +143,28 @@ def train_noise_generator(logits_fn: LogitsFn, batches: Iterable[Any], rng: jax.
       pending.append(take())
     xs, ys, ws = (np.stack(a) for a in zip(*pending))
     pending = []
-    params, opt_state, ces = run_chunk(params, opt_state, xs, ys, ws, jax.random.fold_in(rng, i))
+    params, opt_state, ces = run_chunk(logits_fn, params, opt_state, xs, ys, ws,
+                                       jax.random.fold_in(rng, i))
     history.append(np.asarray(ces))
   return params, np.concatenate(history)
 
 
-def generator_directions(generator: NoiseGenerator, params: Any):
-  """``direction_fn(rng, x) -> g_phi(z)``, ``z ~ N(0,1)`` per image: a noise_robustness hook."""
-  def direction(rng, x):
-    z = generator.sample_latent(rng, x.shape)
-    return generator.apply({'params': params}, z)
-  return direction
+def _direction(generator: NoiseGenerator, params: Any, rng: jax.Array, x: jax.Array):
+  return generator.apply({'params': params}, generator.sample_latent(rng, x.shape))
+
+
+@functools.lru_cache(maxsize=None)
+def _direction_of(generator: NoiseGenerator):
+  return functools.partial(_direction, generator)  # one object per generator: one compilation
+
+
+def generator_directions(generator: NoiseGenerator, params: Any) -> jax.tree_util.Partial:
+  """``direction_fn(rng, x) -> g_phi(z)``, ``z ~ N(0,1)`` per image: a noise_robustness hook.
+
+  A ``Partial`` holding the parameters, so the line search takes them as inputs and one
+  compiled search serves every generator of the same architecture.
+  """
+  return jax.tree_util.Partial(_direction_of(generator), params)
 
 
 BatchesArg = Union[Sequence[Any], Callable[[], Iterable[Any]]]
@@ -248,7 +273,7 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
   from jaxrobust.methods import ant  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
   run = runner.load_run(workdir, overrides={'dataset': dataset} if dataset else None)
-  config, info, logits_fn = run.config, run.info, run.logits_fn
+  config, info, logits_fn = run.config, run.info, run.predict_fn()
   eps = float(eps) or float(config.get('ant_eps', 0.0)) or ant.default_eps(info.image_shape)
   gen = ant.make_generator(generator)
   data_dir = config.get('data_dir') or None

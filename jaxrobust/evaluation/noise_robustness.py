@@ -54,7 +54,7 @@ Conventions:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -310,6 +310,20 @@ def eps_star_statistics(eps: Any) -> dict[str, float]:
   }
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_search(noise_name: Optional[str], max_eps, num_coarse, num_bisect, spacing,
+                     min_eps):
+  """One compiled line search per setting. The model and a callable noise (``noise_name``
+  None) are arguments, so new weights or a new generator's parameters reuse the program."""
+  @jax.jit
+  def search(predict_fn, noise_fn, x, y, rng):
+    return minimal_l2_along_noise(
+        predict_fn, x, y, rng, noise=noise_fn if noise_name is None else noise_name,
+        max_eps=max_eps, num_coarse=num_coarse, num_bisect=num_bisect, spacing=spacing,
+        min_eps=min_eps)
+  return search
+
+
 def median_eps_star(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Array, *,
                     noise: Noise = 'gaussian', max_eps: float | None = None,
                     num_coarse: int = 16, num_bisect: int = 10, spacing: str = 'geometric',
@@ -319,7 +333,8 @@ def median_eps_star(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arra
 
   Args:
     predict_fn: pure ``x -> logits``; compiled once (per batch shape) here. Pass weights as a
-      ``jax.tree_util.Partial`` to keep them out of the program (:func:`as_argument`).
+      ``jax.tree_util.Partial`` to keep them out of the program (:func:`as_argument`); a
+      callable ``noise`` likewise (e.g. :func:`adversarial_noise.generator_directions`).
     batches: iterable of ``(x, y)`` or ``{'image', 'label'[, 'mask']}``
       batches; examples with ``mask == 0`` (padding) are dropped.
     rng: PRNG key; batch i uses ``fold_in(rng, i)``.
@@ -330,16 +345,16 @@ def median_eps_star(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arra
   Returns:
     :func:`eps_star_statistics` plus ``per_image`` (np.ndarray of every eps).
   """
-  search = jax.jit(functools.partial(
-      minimal_l2_along_noise, noise=noise, max_eps=max_eps,
-      num_coarse=num_coarse, num_bisect=num_bisect, spacing=spacing, min_eps=min_eps))
+  noise_fn = as_argument(noise) if callable(noise) else None
+  search = _compiled_search(None if callable(noise) else noise, max_eps, num_coarse, num_bisect,
+                            spacing, min_eps)
   predict_fn = as_argument(predict_fn)
   all_eps = []
   for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
       break
     x, y, mask = unpack_batch(batch)
-    eps = np.asarray(search(predict_fn, jnp.asarray(x), jnp.asarray(y),
+    eps = np.asarray(search(predict_fn, noise_fn, jnp.asarray(x), jnp.asarray(y),
                             jax.random.fold_in(rng, i)))
     if mask is not None:
       eps = eps[np.asarray(mask).reshape(-1) > 0]
