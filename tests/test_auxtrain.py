@@ -323,6 +323,8 @@ def test_adversarial_variant_crafts_through_dropout(base):
     (dict(auxtrain_lambda=-0.1), 'auxtrain_lambda must be >= 0'),
     (dict(auxtrain_alpha_aux=(0.1, 0.1, 0.1)), 'one per corruption'),
     (dict(auxtrain_merge_fraction=1.5), 'auxtrain_merge_fraction must be in \\[0, 1\\]'),
+    (dict(auxtrain_merge_fraction=True), 'auxtrain_merge_fraction must be in .*got True'),
+    (dict(auxtrain_temperature='2'), "auxtrain_temperature must be > 0, got '2'"),
     (dict(auxtrain_adversarial=True, auxtrain_attack='pgd_9000'), 'valid names'),
 ])
 def test_bad_config_raises(overrides, match):

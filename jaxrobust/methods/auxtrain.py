@@ -172,14 +172,18 @@ class AuxTrain(Method):
       for v in values:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
           raise ValueError(f'{key} must be >= 0, got {v!r}.')
-    frac = self._cfg('auxtrain_merge_fraction')
-    if not isinstance(frac, (int, float)) or not 0.0 <= frac <= 1.0:
+    def number(key):  # a bool would pass as 0 or 1
+      v = self._cfg(key)
+      return v if isinstance(v, (int, float)) and not isinstance(v, bool) else float('nan')
+
+    if not 0.0 <= number('auxtrain_merge_fraction') <= 1.0:
       raise ValueError(f'auxtrain_merge_fraction must be in [0, 1] (fraction of the run after '
-                       f'which weight merging starts; 1 = never), got {frac!r}.')
-    if not self._cfg('auxtrain_temperature') > 0:
+                       f'which weight merging starts; 1 = never), got '
+                       f'{self._cfg("auxtrain_merge_fraction")!r}.')
+    if not number('auxtrain_temperature') > 0:
       raise ValueError(f'auxtrain_temperature must be > 0, got '
                        f'{self._cfg("auxtrain_temperature")!r}.')
-    if not 0.0 < self._cfg('auxtrain_bottleneck_ratio') <= 4.0:
+    if not 0.0 < number('auxtrain_bottleneck_ratio') <= 4.0:
       raise ValueError(f'auxtrain_bottleneck_ratio must be in (0, 4], got '
                        f'{self._cfg("auxtrain_bottleneck_ratio")!r}.')
     if self._cfg('auxtrain_adversarial'):
