@@ -202,7 +202,8 @@ def project(x_adv: jax.Array, x: jax.Array, eps, norm: str, ball: bool = True) -
   Args:
     x_adv: point to project [B, ...].
     x: centre of the ball (clean images).
-    eps: radius (scalar, may be traced, or per-example [B]).
+    eps: radius (scalar, may be traced, or per-example [B] when called directly; the attacks
+      built from these parts validate a scalar).
     norm: 'linf' or 'l2'.
     ball: if False only clip to [0, 1] (the unprojected "GD" attacker of AdvProp's Table 7).
 
