@@ -40,7 +40,9 @@ AUGMIX_OPS = ('auto_contrast', 'equalize', 'posterize', 'rotate', 'solarize', 's
               'shear_y', 'translate_x', 'translate_y')
 AUTOAUGMENT_TRANSLATE = 150.0 / 331.0  # AutoAugment: 150 px of a 331 px image
 AUGMIX_TRANSLATE = 1.0 / 3.0           # AugMix: a third of the image size
-_FILL = 0.5  # AutoAugment fills uncovered pixels with grey (128)
+AUTOAUGMENT_FILL = 0.5  # AutoAugment fills uncovered pixels with grey (128)
+AUGMIX_FILL = 0.0       # AugMix's PIL transforms fill them with black
+CUTOUT_FILL = 0.5       # Cutout zeroes the normalised image: about its mean, grey
 
 
 def _per_image(v, x):
@@ -68,18 +70,25 @@ def _auto_contrast(x):
 
 
 def _equalize(x):
-  """Histogram equalisation per image and channel, via the empirical CDF of the 8-bit values."""
+  """PIL's ``ImageOps.equalize`` (torchvision's too) per image and channel, on 8-bit values.
+
+  From the histogram ``h`` of the ``n`` values: ``step = (n - h[last occupied level]) // 255``
+  and ``lut[i] = min(255, (sum_{j<i} h[j] + step // 2) // step)``; the identity when ``step`` is
+  0 (one level, or a nearly constant channel).
+  """
   b, h, w, c = x.shape
-  q = jnp.round(x * 255.0).reshape(b, h * w, c)
-  q = jnp.moveaxis(q, -1, 1)  # [b, c, n]
-  sorted_q = jnp.sort(q, axis=-1)
-  count = jax.vmap(jax.vmap(lambda s, v: jnp.searchsorted(s, v, side='right')))(sorted_q, q)
-  n = h * w
-  cdf = count.astype(x.dtype) / n
-  cdf_min = jax.vmap(jax.vmap(lambda s: jnp.searchsorted(s, s[0], side='right')))(sorted_q)
-  cdf_min = (cdf_min.astype(x.dtype) / n)[..., None]
-  eq = jnp.where(cdf_min < 1.0, (cdf - cdf_min) / jnp.maximum(1.0 - cdf_min, 1e-6), q / 255.0)
-  return jnp.moveaxis(jnp.clip(eq, 0.0, 1.0), 1, -1).reshape(b, h, w, c)
+  q = jnp.round(x * 255.0).astype(jnp.int32)
+  q = jnp.moveaxis(q.reshape(b, h * w, c), -1, 1)  # [b, c, n]
+
+  def one(v):
+    hist = jnp.zeros(256, jnp.int32).at[v].add(1)
+    last = 255 - jnp.argmax(hist[::-1] > 0)
+    step = (h * w - hist[last]) // 255
+    lut = jnp.minimum((jnp.cumsum(hist) - hist + step // 2) // jnp.maximum(step, 1), 255)
+    return jnp.where(step > 0, lut[v], v)
+
+  out = jax.vmap(jax.vmap(one))(q)
+  return jnp.moveaxis(out, 1, -1).reshape(b, h, w, c).astype(x.dtype) / 255.0
 
 
 def _sharpness_degenerate(x):
@@ -93,12 +102,13 @@ def _sharpness_degenerate(x):
   return x.at[:, 1:-1, 1:-1, :].set(smooth)
 
 
-def _warp(x, inverse):
+def _warp(x, inverse, fill):
   """Bilinear affine warp: output pixel p (centred coords) samples the input at ``inverse @ p``.
 
   Args:
     x: images [B, H, W, C].
     inverse: [B, 2, 3] maps centred output (row, col, 1) to centred input (row, col).
+    fill: the value of output pixels that sample outside the image.
   """
   _, h, w, _ = x.shape
   rows, cols = jnp.meshgrid(jnp.arange(h, dtype=x.dtype), jnp.arange(w, dtype=x.dtype),
@@ -112,7 +122,7 @@ def _warp(x, inverse):
 
     def channel(ch):
       return ndimage.map_coordinates(ch, [src_r, src_c], order=1, mode='constant',
-                                     cval=_FILL).reshape(h, w)
+                                     cval=fill).reshape(h, w)
     return jax.vmap(channel, in_axes=-1, out_axes=-1)(image)
   return jax.vmap(one)(x, inverse)
 
@@ -121,9 +131,11 @@ def _geometric_inverse(op_index, sign, level, size, ops, translate):
   """Per-image inverse affine matrices [B, 2, 3] for the geometric ops (identity otherwise).
 
   ``op_index`` indexes ``ops``; ``level`` is a scalar or per-image [B]; ``translate`` is the
-  largest shift as a fraction of the image size.
+  largest shift as a fraction of the image size. Rotations turn about the centre; shears, as
+  PIL's (and torchvision's AutoAugment), keep the top-left corner fixed.
   """
   h, w = size
+  cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
   theta = sign * level * math.radians(30.0)
   shear = sign * level * 0.3
   shift_x = sign * level * translate * w
@@ -133,9 +145,10 @@ def _geometric_inverse(op_index, sign, level, size, ops, translate):
   mats = {
       'rotate': jnp.stack([jnp.stack([jnp.cos(theta), -jnp.sin(theta), zero], -1),
                            jnp.stack([jnp.sin(theta), jnp.cos(theta), zero], -1)], -2),
+      # PIL's x_in = x + shear y about the corner: in centred coordinates, a shift shear * cy.
       'shear_x': jnp.stack([jnp.stack([one, zero, zero], -1),
-                            jnp.stack([shear, one, zero], -1)], -2),
-      'shear_y': jnp.stack([jnp.stack([one, shear, zero], -1),
+                            jnp.stack([shear, one, shear * cy], -1)], -2),
+      'shear_y': jnp.stack([jnp.stack([one, shear, shear * cx], -1),
                             jnp.stack([zero, one, zero], -1)], -2),
       'translate_x': jnp.stack([jnp.stack([one, zero, zero], -1),
                                 jnp.stack([zero, one, shift_x], -1)], -2),
@@ -150,7 +163,7 @@ def _geometric_inverse(op_index, sign, level, size, ops, translate):
   return out
 
 
-def _apply_ops(x, op, sign, level, ops, *, translate, posterize_bits):
+def _apply_ops(x, op, sign, level, ops, *, translate, posterize_bits, fill):
   """Applies op ``ops[op[i]]`` to image ``i``, with sign ``sign[i]`` and strength ``level[i]``.
 
   Args:
@@ -162,6 +175,7 @@ def _apply_ops(x, op, sign, level, ops, *, translate, posterize_bits):
     translate: the largest shift as a fraction of the image size.
     posterize_bits: bits posterize keeps at level 0; it drops ``floor(4 level)`` more
       (AutoAugment 8, AugMix 4).
+    fill: the value of pixels that geometric ops uncover (AutoAugment grey, AugMix black).
 
   Returns:
     The images after one op each.
@@ -184,7 +198,7 @@ def _apply_ops(x, op, sign, level, ops, *, translate, posterize_bits):
   }
   out = x
   if any(name in _GEOMETRIC for name in ops):  # identity matrices for the photometric ops
-    out = _warp(x, _geometric_inverse(op, sign, level, x.shape[1:3], ops, translate))
+    out = _warp(x, _geometric_inverse(op, sign, level, x.shape[1:3], ops, translate), fill)
   for i, name in enumerate(ops):
     if name in photometric:  # only the ops in use are computed
       out = jnp.where(_per_image(op == i, x), photometric[name](), out)
@@ -192,7 +206,7 @@ def _apply_ops(x, op, sign, level, ops, *, translate, posterize_bits):
 
 
 def _augment_once(x, rng, level, ops=AUGMENT_OPS, *, translate=AUTOAUGMENT_TRANSLATE,
-                  posterize_bits=8):
+                  posterize_bits=8, fill=AUTOAUGMENT_FILL):
   """One augmentation layer: every image gets one op drawn uniformly from ``ops``, a random sign.
 
   ``level`` is a float or one strength per image ([B]); the other arguments are
@@ -203,7 +217,8 @@ def _augment_once(x, rng, level, ops=AUGMENT_OPS, *, translate=AUTOAUGMENT_TRANS
   k_op, k_sign = jax.random.split(rng)
   op = jax.random.randint(k_op, (b,), 0, len(ops))
   sign = _random_sign(k_sign, b, x.dtype)
-  return _apply_ops(x, op, sign, level, ops, translate=translate, posterize_bits=posterize_bits)
+  return _apply_ops(x, op, sign, level, ops, translate=translate, posterize_bits=posterize_bits,
+                    fill=fill)
 
 
 def _random_sign(rng, b, dtype):
@@ -217,9 +232,8 @@ def rand_augment(images: jax.Array, rng: jax.Array, num_ops: int = 2,
   The operations are AutoAugment's (identity, auto-contrast, equalize, solarize, posterize,
   color, contrast, brightness, sharpness, rotate up to 30 degrees, shear up to 0.3, translate up
   to 150/331 of the size), each image drawing its own op and sign per layer; ``magnitude`` M in
-  [0, 10] scales every range linearly (M/10 of the maximum), as in RandAugment. Equalize uses the
-  empirical CDF of the 8-bit values (PIL's lookup table up to rounding); uncovered pixels of
-  geometric ops are grey.
+  [0, 10] scales every range linearly (M/10 of the maximum), as in RandAugment. Equalize is
+  PIL's; uncovered pixels of geometric ops are grey.
 
   Args:
     images: [B, H, W, C] floats in [0, 1].
@@ -331,7 +345,8 @@ def autoaugment(images: jax.Array, rng: jax.Array, policy: str = 'cifar10') -> j
     applied = jax.random.uniform(k_apply, (b,), images.dtype) < prob_of[sub]
     op = jnp.where(applied, op_of[sub], AUTOAUGMENT_OPS.index('identity'))
     out = _apply_ops(out, op, _random_sign(k_sign, b, images.dtype), level_of[sub],
-                     AUTOAUGMENT_OPS, translate=AUTOAUGMENT_TRANSLATE, posterize_bits=8)
+                     AUTOAUGMENT_OPS, translate=AUTOAUGMENT_TRANSLATE, posterize_bits=8,
+                     fill=AUTOAUGMENT_FILL)
   return jnp.clip(out, 0.0, 1.0)
 
 
@@ -367,7 +382,7 @@ def cutout(images: jax.Array, rng: jax.Array, size: int) -> jax.Array:
   lo = size // 2
   inside = ((rows >= cy - lo) & (rows < cy - lo + size) &
             (cols >= cx - lo) & (cols < cx - lo + size))
-  return jnp.where(inside, jnp.asarray(_FILL, images.dtype), images)
+  return jnp.where(inside, jnp.asarray(CUTOUT_FILL, images.dtype), images)
 
 
 # Training-batch augmentations the loop applies on device before any method's step
@@ -414,8 +429,9 @@ def augmix(images: jax.Array, rng: jax.Array, severity: int = 3, width: int = 3,
   chain) drawn from ``AUGMIX_OPS``; every op draws its own strength ``U(0.1, severity) / 10``
   (AugMix's ``sample_level``), so severity 3 reaches 30% of AutoAugment's ranges (rotate 30
   degrees, shear 0.3, translate a third of the size, solarize, posterize down from 4 bits).
-  Differences from the reference: bilinear instead of nearest-neighbour warps, and continuous
-  angles and shifts where it rounds to whole degrees and pixels.
+  As the reference: bilinear warps, black where they uncover the image, shears about the
+  top-left corner, PIL's equalize. It differs in continuous angles and shifts where the
+  reference rounds to whole degrees and pixels.
 
   Args:
     images: [B, H, W, C] floats in [0, 1].
@@ -443,7 +459,7 @@ def augmix(images: jax.Array, rng: jax.Array, severity: int = 3, width: int = 3,
       k_level, k_op = jax.random.split(jax.random.fold_in(k_ops, j))
       level = jax.random.uniform(k_level, (b,), images.dtype, 0.1, severity) / 10.0
       y = _augment_once(x, k_op, level, AUGMIX_OPS, translate=AUGMIX_TRANSLATE,
-                        posterize_bits=4)
+                        posterize_bits=4, fill=AUGMIX_FILL)
       x = jnp.where(_per_image(j < chain_depth, x), y, x)  # chains shorter than j stop here
     mix = mix + _per_image(weights[:, i], x) * x
   m = _per_image(m, images)
@@ -474,6 +490,12 @@ class AugMixSettings:
       raise ValueError(f'augmix must be True or False, got {enabled!r}.')
     if not enabled:
       return None
+    if config.get('device_augment', 'none') != 'none':
+      # AutoAugment's colour, contrast, brightness and sharpness are the ops AugMix leaves out
+      # because they overlap the corruptions; its views would start from them.
+      raise ValueError(f"augmix=True with device_augment={config.get('device_augment')!r}: AugMix "
+                       "replaces AutoAugment (whose colour/contrast ops it leaves out on purpose); "
+                       "set device_augment='none'.")
     d = cls()
     s = cls(severity=config.get('augmix_severity', d.severity),
             width=config.get('augmix_width', d.width),

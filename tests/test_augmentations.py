@@ -35,9 +35,11 @@ def test_rand_augment_ops():
     keep = ~np.isin(np.asarray(op), [augmentations.AUGMENT_OPS.index('auto_contrast'),
                                      augmentations.AUGMENT_OPS.index('equalize')])
     np.testing.assert_allclose(np.asarray(out0)[keep], np.asarray(x)[keep], atol=1e-5)
-  # Equalize spreads the values: the empirical CDF of the output is close to uniform.
-  eq = np.asarray(jax.jit(augmentations._equalize)(x * 0.2))
-  assert eq.max() == pytest.approx(1.0) and abs(eq.mean() - 0.5) < 0.1
+  # Equalize spreads dark images over the range (test_equalize_is_pils has the exact values; as
+  # PIL's, it leaves images of under 256 pixels alone, hence 32x32 here).
+  dark = _images(n=4, size=32) * 0.2
+  eq = np.asarray(jax.jit(augmentations._equalize)(dark))
+  assert eq.max() == pytest.approx(1.0) and eq.std() > 3 * float(np.std(dark))
 
 
 def test_per_image_levels_and_augmix_op_ranges():
@@ -154,6 +156,8 @@ def test_ews_with_augmix_distils_the_subnet_on_every_view():
     (dict(augmix=True, method='mixprop'),
      r"augmix=True: method 'mixprop' does not train on AugMix views; .*'vanilla' and 'ews'"),
     (dict(augmix=True, method='ews_pgd_at'), r"method 'ews_pgd_at' does not train on AugMix"),
+    (dict(augmix=True, device_augment='autoaugment_cifar10'),
+     r"augmix=True with device_augment='autoaugment_cifar10': AugMix replaces AutoAugment"),
 ])
 def test_bad_augmix_settings_fail_before_compiling(overrides, match):
   config = tiny_config(**overrides)
@@ -297,3 +301,32 @@ def test_the_loop_augments_the_batch_before_the_method_step():
 def test_bad_device_augmentation_fails_before_compiling(overrides, match):
   with pytest.raises(ValueError, match=match):
     train.validate_config(tiny_config(**overrides))
+
+
+def test_equalize_is_pils():
+  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  images = [rng.integers(0, 256, (32, 32, 3)),                     # spread values
+            rng.choice([60, 120, 180, 240], (32, 32, 3)),           # four grey levels
+            np.full((32, 32, 3), 77), np.r_[np.full(1023, 5), [9]].reshape(32, 32, 1) * np.ones(3)]
+  x = jnp.asarray(np.stack(images).astype(np.float32) / 255.0)
+  got = np.round(np.asarray(jax.jit(augmentations._equalize)(x)) * 255).astype(np.uint8)
+  for i, image in enumerate(images):
+    want = np.asarray(ImageOps.equalize(Image.fromarray(image.astype(np.uint8))))
+    np.testing.assert_array_equal(got[i], want)
+
+
+def test_shears_keep_the_top_left_corner_and_augmix_fills_black():
+  # PIL's (and torchvision's) shear maps output (x, y) to input (x + s y, y): row 0 stays put.
+  line = np.zeros((1, 32, 32, 1), np.float32)
+  line[..., 16, :] = 1.0
+  one = jnp.ones((1,))
+  out = np.asarray(augmentations._apply_ops(
+      jnp.asarray(line), jnp.zeros((1,), jnp.int32), one, one, ('shear_x',), translate=0.0,
+      posterize_bits=8, fill=0.0))[0, ..., 0]
+  assert out[0].argmax() == 16 and out[10].argmax() == 13  # shear 0.3: 3 columns by row 10
+  shifted = {fill: np.asarray(augmentations._apply_ops(
+      jnp.ones((1, 8, 8, 1)), jnp.zeros((1,), jnp.int32), one, one, ('translate_x',),
+      translate=0.25, posterize_bits=8, fill=fill))[0, :, :, 0]
+             for fill in (augmentations.AUGMIX_FILL, augmentations.AUTOAUGMENT_FILL)}
+  assert shifted[0.0].min() == 0.0 and shifted[0.5].min() == 0.5 and shifted[0.0].max() == 1.0
