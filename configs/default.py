@@ -10,7 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = 'cifar10'
   c.data_dir = ''            # TFDS data_dir ('' = TFDS default)
   c.image_size = 0           # 0 = the dataset's own (32 for CIFAR, 224 for ImageNet)
-  c.augment = 'auto'         # auto | cifar (pad-4 crop + flip) | imagenet (inception crop) | none
+  c.augment = 'auto'         # auto | cifar (pad-4 crop + flip) | crop (no flip: digits) | imagenet | none
   # On device, after the host's augment: none | autoaugment_cifar10 | autoaugment_imagenet.
   c.device_augment = 'none'
   c.cutout_size = 0          # Cutout square side in pixels after device_augment (0 = off)

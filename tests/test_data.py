@@ -91,11 +91,22 @@ def test_eval_iterator_pads_and_masks_every_example_once(digits):
 def test_cifar_augmentation_crops_and_flips():
   aug = data._augment_fn('cifar', (8, 8, 3), train=True)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   image = tf.constant(np.arange(8 * 8 * 3, dtype=np.uint8).reshape(8, 8, 3))
   outs = {aug(image, tf.constant([0, i], tf.int64)).numpy().tobytes() for i in range(20)}
   assert len(outs) > 5  # different crops/flips for different example seeds
   same = aug(image, tf.constant([0, 7], tf.int64)).numpy()
   np.testing.assert_array_equal(same, aug(image, tf.constant([0, 7], tf.int64)).numpy())
+  # 'crop' (the digit datasets' default: a flipped digit is another glyph) is the same crop
+  # without the flip: column order is kept inside every crop.
+  crop = data._augment_fn('crop', (8, 8, 3), train=True)
+  image = tf.constant(np.tile(np.arange(1, 9, dtype=np.uint8)[None, :, None], (8, 1, 3)))
+  for i in range(20):
+    row = crop(image, tf.constant([0, i], tf.int64)).numpy()[4, :, 0]
+    kept = row[row > 0]
+    assert np.all(np.diff(kept) > 0) and len(kept) >= 4
+  with tfds.testing.mock_data(num_examples=8):
+    assert data.get_info(_cfg(dataset='mnist')).augment == 'crop'
 
 
 def _make_folder(root, bad_file=False):

@@ -573,7 +573,7 @@ BAD_INPUTS = [
      r"Unknown lr_schedule 'linear'; valid: constant, cosine, step, onecycle"),
     ('nonfinite', 'config', {'nonfinite': 'ignore'}, r"Unknown nonfinite 'ignore'; valid: stop, skip"),
     ('augment', 'config', {'augment': 'randaugment'},
-     r"Unknown augment 'randaugment'; valid: auto, cifar, imagenet, none"),
+     r"Unknown augment 'randaugment'; valid: auto, cifar, crop, imagenet, none"),
     ('device_augment', 'config', {'device_augment': 'randaugment'},
      r"Unknown device_augment 'randaugment'; valid: none, autoaugment_cifar10, "
      r"autoaugment_imagenet"),

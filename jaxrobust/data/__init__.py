@@ -27,7 +27,9 @@ import numpy as np
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-AUGMENTATIONS = ('cifar', 'imagenet', 'none')
+AUGMENTATIONS = ('cifar', 'crop', 'imagenet', 'none')
+# Digits: a flipped 2 or 5 is another glyph, so their recipes crop without flipping.
+DIGIT_DATASETS = ('svhn_cropped', 'mnist', 'fashion_mnist')
 KNOWN_TFDS = ('cifar10', 'cifar100', 'imagenet2012', 'svhn_cropped', 'mnist', 'fashion_mnist',
               'cifar10_corrupted/<corruption>_<severity>',
               'imagenet2012_corrupted/<corruption>_<severity>')
@@ -253,8 +255,9 @@ def _tfds_info(config, name, size) -> DatasetInfo:
     raise ValueError(f'TFDS dataset {name!r} has no readable splits.')
   train_split, eval_split = _pick_splits(config, splits, f'TFDS dataset {name!r}')
   mean, std = (IMAGENET_MEAN, IMAGENET_STD)
+  augment = 'imagenet' if big else 'crop' if base in DIGIT_DATASETS else 'cifar'
   return DatasetInfo(name, 'tfds', num_classes, (size, size, c), splits, train_split, eval_split,
-                     mean, std, 'imagenet' if big else 'cifar', in_memory=not big,
+                     mean, std, augment, in_memory=not big,
                      class_names=tuple(getattr(features['label'], 'names', ()) or ()))
 
 
@@ -287,11 +290,11 @@ def _augment_fn(kind: str, image_shape, train: bool):
   tf = _tf()
   h, w, c = image_shape
 
-  def cifar(image, seed):
+  def cifar(image, seed, flip=True):
     image = tf.pad(image, [[4, 4], [4, 4], [0, 0]])
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     image = tf.image.stateless_random_crop(image, (h, w, c), seed=s1)
-    return tf.image.stateless_random_flip_left_right(image, seed=s2)
+    return tf.image.stateless_random_flip_left_right(image, seed=s2) if flip else image
 
   def inception_crop(image, seed):
     s1, s2 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -313,6 +316,8 @@ def _augment_fn(kind: str, image_shape, train: bool):
     fn = inception_crop if train else center_crop
   elif kind == 'cifar' and train:
     fn = cifar
+  elif kind == 'crop' and train:  # pad-4 random crop, no flip (digits)
+    fn = lambda image, seed: cifar(image, seed, flip=False)
   else:  # images as they are, resized only if they differ from the model's input size
     def fn(image, _):
       shape = tf.shape(image)
