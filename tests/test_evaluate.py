@@ -290,3 +290,20 @@ def test_imagenet_sized_on_the_fly_corruptions_say_what_their_normalised_mce_com
       corruptions.get("defocus_blur")(jnp.zeros((1, size, size, 3)), jax.random.key(0), 1)
   assert 'Corrupting 96 px images with the ImageNet-C table' in caplog.text
   assert 'Corrupting 224 px' not in caplog.text
+
+
+def test_report_plots_get_fractions(tmp_path, monkeypatch):
+  # The plots label their axes in percent themselves: the report hands them fractions.
+  from jaxrobust.evaluation import plots, runner  # pylint: disable=g-import-not-at-top
+  seen = {}
+  for name in ('plot_corruption_errors', 'plot_error_vs_severity', 'plot_accuracy_vs_eps'):
+    monkeypatch.setattr(plots, name, lambda data, path, name=name, **kw: seen.update({name: data}))
+  report = {'workdir': 'w', 'method': 'vanilla', 'model': 'm', 'dataset': 'd', 'step': 1,
+            'domain': 'main', 'devices': 1, 'timings_s': {},
+            'corruptions': {'errors': {'fog': {'1': 0.25, '3': 0.5}}, 'summary': {}},
+            'pgd': {'clean': 0.9, 'pgd20': 0.1,
+                    'curve': {'attack': 'pgd', 'eps': [1 / 255, 8 / 255], 'accuracy': [0.6, 0.1]}}}
+  runner.write_report(report, str(tmp_path))
+  assert seen['plot_corruption_errors'] == {'fog': pytest.approx(0.375)}
+  assert seen['plot_error_vs_severity'] == {'fog': {1: 0.25, 3: 0.5}}
+  assert seen['plot_accuracy_vs_eps']['pgd'][1] == [0.6, 0.1]

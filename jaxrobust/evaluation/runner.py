@@ -486,10 +486,11 @@ def write_report(report: dict, out_dir: str) -> None:
     md += [f'- {k}: {summary[k]:.4f}' for k in keys] + ['']
     (out / f'{suite}.csv').write_text('\n'.join(csv) + '\n')
     lines += md
-    per_corruption = {n: 100 * np.mean(list(p.values())) for n, p in errors.items()}
+    # The plots take fractions and label their axes in percent.
+    per_corruption = {n: float(np.mean(list(p.values()))) for n, p in errors.items()}
     plots.plot_corruption_errors(per_corruption, out / f'{suite}_bar.png')
     plots.plot_error_vs_severity(
-        {n: {int(s): 100 * v for s, v in p.items()} for n, p in errors.items()},
+        {n: {int(s): v for s, v in p.items()} for n, p in errors.items()},
         out / f'{suite}_severity.png')
   if 'pgd' in report or 'apgd' in report:
     rows = [('clean', report.get('pgd', {}).get('clean'))]
@@ -506,7 +507,7 @@ def write_report(report: dict, out_dir: str) -> None:
       eps255 = [e * 255 for e in curve['eps']]
       lines += [f'{curve["attack"]} accuracy vs eps (x/255): ' + ', '.join(
           f'{e:g}: {100 * a:.1f}%' for e, a in zip(eps255, curve['accuracy'])), '']
-      plots.plot_accuracy_vs_eps({curve['attack']: (eps255, [100 * a for a in curve['accuracy']])},
+      plots.plot_accuracy_vs_eps({curve['attack']: (eps255, list(curve['accuracy']))},
                                  out / 'accuracy_vs_eps.png',
                                  xlabel='epsilon (x/255)')
   if 'eps_star' in report:
