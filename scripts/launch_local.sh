@@ -17,8 +17,8 @@
 #   PYTHON                  interpreter (default: python).
 #
 # The coordinator binds to 127.0.0.1 only (JAX_COORDINATOR_BIND_ADDRESS), so nothing listens on
-# other interfaces. SIGTERM/SIGINT sent to this script is forwarded to every process, which save
-# a checkpoint at the next step boundary and exit 0 (preemption). If one process fails, the
+# other interfaces. SIGTERM/SIGINT sent to this script (Ctrl-C included) is forwarded once to
+# every process, which save a checkpoint at the next step boundary and exit 0 (preemption). If one process fails, the
 # others are stopped and the script exits with the failing process's status.
 set -u
 
@@ -50,15 +50,20 @@ forward() {  # preemption: every process gets the signal and checkpoints
 }
 trap 'forward TERM' TERM
 trap 'forward INT' INT
+trap 'forward TERM' HUP  # the terminal closed: the processes (in their own sessions) checkpoint
 
 for ((i = 0; i < N; i++)); do
   cmd=("$PYTHON" -m jaxrobust.main "$@" "--coordinator_address=$ADDRESS"
        "--num_processes=$N" "--process_id=$i")
+  # Each process in a session of its own: Ctrl-C in the terminal reaches only this script, which
+  # forwards it once (a second SIGINT would make the processes stop without a checkpoint).
+  # setsid execs in place here (a background child is no group leader), so $! stays the python.
   if [[ -n "${JAXROBUST_LOG_DIR:-}" ]]; then
-    "${cmd[@]}" >"$JAXROBUST_LOG_DIR/process_$i.log" 2>&1 &
+    setsid "${cmd[@]}" >"$JAXROBUST_LOG_DIR/process_$i.log" 2>&1 &
   else
-    # process substitution keeps $! the python process, not the prefixing sed
-    "${cmd[@]}" > >(sed -u "s/^/[p$i] /") 2>&1 &
+    # process substitution keeps $! the python process, not the prefixing sed; sed ignores
+    # INT/TERM so that it outlives a Ctrl-C and prints the processes' checkpointing to the end
+    setsid "${cmd[@]}" > >(trap '' INT TERM; exec sed -u "s/^/[p$i] /") 2>&1 &
   fi
   PIDS+=($!)
 done

@@ -118,13 +118,37 @@ for _ in $(seq 3000); do sleep 0.1; done
 """
 
 
-def _fake_launch(tmp_path, *, wait_for_start=True, **env):
+def _as_a_terminal_job():
+  """A terminal's foreground job: SIGINT at its default, a process group of its own."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+  os.setpgrp()
+
+
+# Stands in for python where SIGINT matters: like jaxrobust.main's PreemptionHandler it installs
+# its own handler (a bash trap cannot undo the SIGINT-ignore of a background process).
+FAKE_PYTHON_SIGINT = r"""#!/usr/bin/env python3
+import signal, sys, time
+i = [a for a in sys.argv if a.startswith('--process_id=')][0].split('=')[1]
+def on_int(*_):
+  print(f'INT {i}', flush=True)
+  time.sleep(1)  # checkpointing; a second SIGINT now would print INT again
+  print(f'saved {i}', flush=True)
+  sys.exit(0)
+signal.signal(signal.SIGINT, on_int)
+print(f'start {i}', flush=True)
+while True:
+  time.sleep(0.1)
+"""
+
+
+def _fake_launch(tmp_path, *, wait_for_start=True, fake_python=FAKE_PYTHON, **env):
   fake = tmp_path / 'fake_python'
-  fake.write_text(FAKE_PYTHON)
+  fake.write_text(fake_python)
   fake.chmod(0o755)
   full_env = {**_env(), 'PYTHON': str(fake), 'JAXROBUST_PORT': '12345', **env}
   proc = subprocess.Popen(['bash', LAUNCH, '2', '--workdir=/w'], cwd=ROOT, env=full_env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          preexec_fn=_as_a_terminal_job)
   lines = []
   while wait_for_start and sum(l.startswith(('[p0] start', '[p1] start')) for l in lines) < 2:
     lines.append(proc.stdout.readline())
@@ -142,6 +166,17 @@ def test_launcher_starts_loopback_processes_and_forwards_sigterm(tmp_path):
                      rf'--workdir=/w --coordinator_address=127\.0\.0\.1:12345 '
                      rf'--num_processes=2 --process_id={p}$', out, re.M), out
     assert f'[p{p}] TERM {p}' in out
+
+
+def test_ctrl_c_reaches_every_process_once_and_their_output_to_the_end(tmp_path):
+  # Ctrl-C signals the terminal's whole foreground process group. The processes must get one
+  # SIGINT (a second one stops them without a checkpoint), and the prefixing seds must live on.
+  proc, lines = _fake_launch(tmp_path, fake_python=FAKE_PYTHON_SIGINT)
+  os.killpg(proc.pid, signal.SIGINT)
+  out = ''.join(lines) + proc.communicate(timeout=120)[0]
+  assert proc.returncode == 0, out
+  for p in (0, 1):
+    assert out.count(f'[p{p}] INT {p}') == 1 and f'[p{p}] saved {p}' in out, out
 
 
 def test_launcher_stops_the_others_when_one_fails(tmp_path):
