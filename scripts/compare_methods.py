@@ -42,17 +42,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each method's config; the CIFAR-100 configs (MixProp's paper setting) train on --dataset.
 METHODS = {
-    'vanilla': ('configs/vanilla_cifar.py', {}),
-    'advprop': ('configs/advprop_cifar.py', {}),
-    'mixprop': ('configs/mixprop_cifar100.py', {}),
-    'mixup': ('configs/mixup_cifar.py', {}),
-    'pgd_at': ('configs/pgd_at_cifar.py', {}),
-    'trades': ('configs/trades_cifar.py', {}),
-    'gnt': ('configs/gnt_cifar.py', {}),
-    'ant': ('configs/ant_cifar.py', {}),
-    'auxtrain': ('configs/auxtrain_cifar10.py', {}),
-    # K = 10 epochs between searches would never search in a 5-epoch budget.
-    'ews': ('configs/ews_cifar.py', {'ews_search_every_epochs': 1.0}),
+    'vanilla': 'configs/vanilla_cifar.py',
+    'advprop': 'configs/advprop_cifar.py',
+    'mixprop': 'configs/mixprop_cifar100.py',
+    'mixup': 'configs/mixup_cifar.py',
+    'pgd_at': 'configs/pgd_at_cifar.py',
+    'trades': 'configs/trades_cifar.py',
+    'gnt': 'configs/gnt_cifar.py',
+    'ant': 'configs/ant_cifar.py',
+    'auxtrain': 'configs/auxtrain_cifar10.py',
+    'ews': 'configs/ews_cifar.py',
 }
 AUX_DOMAIN_METHODS = ('advprop', 'mixprop')   # also evaluated with their auxiliary BN
 CPU_BUDGET = {'model': 'resnet8_wide', 'num_epochs': 5.0, 'lr_schedule': 'onecycle',
@@ -60,8 +59,10 @@ CPU_BUDGET = {'model': 'resnet8_wide', 'num_epochs': 5.0, 'lr_schedule': 'onecyc
 # Under the CPU budget only, the adversarial baselines craft with ONE attack step instead of ten
 # (configs/pgd_at_cifar.py, configs/trades_cifar.py): PGD-AT from a uniform random start with step
 # 1.25 eps (FGSM-RS); TRADES from its 0.001 N(0, I) start with one KL sign step of size eps.
+# EWS searches every epoch: its K = 10 epochs between searches would never search in 5.
 CPU_BUDGET_METHOD = {'pgd_at': {'pgd_at_num_steps': 1, 'pgd_at_step_size': 10 / 255},
-                     'trades': {'trades_num_steps': 1, 'trades_step_size': 8 / 255}}
+                     'trades': {'trades_num_steps': 1, 'trades_step_size': 8 / 255},
+                     'ews': {'ews_search_every_epochs': 1.0}}
 
 flags.DEFINE_list('methods', list(METHODS), f'Methods to compare; any of {list(METHODS)}.')
 flags.DEFINE_string('out', None, 'Output directory (default results/<date>).')
@@ -109,10 +110,10 @@ def _trained(workdir: str) -> bool:
 
 
 def train_command(method: str, workdir: str) -> list[str]:
-  config, extra = METHODS[method]
+  config = METHODS[method]
   cpu = FLAGS.budget == 'cpu'
   overrides = {'dataset': FLAGS.dataset, **(CPU_BUDGET if cpu else {}),
-               **(CPU_BUDGET_METHOD.get(method, {}) if cpu else {}), **extra}
+               **(CPU_BUDGET_METHOD.get(method, {}) if cpu else {})}
   for item in FLAGS.config_overrides:
     key, value = item.split('=', 1)
     overrides[key] = value
@@ -154,6 +155,12 @@ def main(argv):
   unknown = [m for m in FLAGS.methods if m not in METHODS]
   if unknown:
     raise app.UsageError(f'Unknown method(s) {unknown}; allowed: {list(METHODS)}.')
+  for name in ('out', 'runs'):
+    if '://' in (FLAGS[name].value or ''):
+      # Its logs, skip checks and table are local files; os.path.abspath would turn the URI
+      # into a local folder named 'gs:' without a word.
+      raise app.UsageError(f'--{name}={FLAGS[name].value!r}: this script works in a local '
+                           'directory; copy the runs there (gsutil -m cp -r) first.')
   # Absolute, since every command runs in the repository root.
   out = os.path.abspath(FLAGS.out or os.path.join('results', datetime.date.today().isoformat()))
   runs = os.path.abspath(FLAGS.runs or os.path.join(out, 'runs'))

@@ -85,3 +85,19 @@ def test_input_pipeline_counts_the_images_it_delivers(capsys):
   rate = input_pipeline.main(['--dataset=digits', '--image_size=0', '--augment=none',
                               '--batch_size=32', '--batches=2', '--repeats=1'])
   assert rate > 0 and 'digits: (8, 8, 1) images, augment=none, batch 32' in capsys.readouterr().out
+
+
+def test_compare_methods_keeps_cpu_settings_to_the_cpu_budget_and_refuses_uris(tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.conftest import ROOT  # pylint: disable=g-import-not-at-top
+
+  def plan(*flags):
+    return subprocess.run([sys.executable, 'scripts/compare_methods.py', '--dry_run',
+                           '--methods=ews', '--full_s3=false', *flags], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  config_budget = plan('--budget=config', f'--out={tmp_path}')
+  train = [l for l in config_budget.stdout.splitlines() if 'jaxrobust.main' in l]
+  assert len(train) == 1 and 'ews_search_every_epochs' not in train[0]  # the config's own K
+  uri = plan('--out=gs://bucket/cmp')
+  assert uri.returncode != 0 and "--out='gs://bucket/cmp': this script works in a local" in uri.stderr
