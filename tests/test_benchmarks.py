@@ -82,7 +82,7 @@ def test_input_pipeline_counts_the_images_it_delivers(capsys):
   with pytest.raises(ValueError, match="Unknown augment 'bogus'"):
     input_pipeline.synthetic(4, 8, 'bogus')
   # a dataset named as in a config goes through the loop's own get_info / make_source
-  rate = input_pipeline.main(['--dataset=digits', '--image_size=0', '--augment=none',
+  rate = input_pipeline.main(['--dataset=digits',
                               '--batch_size=32', '--batches=2', '--repeats=1'])
   assert rate > 0 and 'digits: (8, 8, 1) images, augment=none, batch 32' in capsys.readouterr().out
 

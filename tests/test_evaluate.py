@@ -307,3 +307,11 @@ def test_report_plots_get_fractions(tmp_path, monkeypatch):
   assert seen['plot_corruption_errors'] == {'fog': pytest.approx(0.375)}
   assert seen['plot_error_vs_severity'] == {'fog': {1: 0.25, 3: 0.5}}
   assert seen['plot_accuracy_vs_eps']['pgd'][1] == [0.6, 0.1]
+  # report.json comes last: a report whose plotting failed is not taken for a finished one.
+  def broken(*unused, **unused_kw):
+    raise RuntimeError('no display')
+  monkeypatch.setattr(plots, 'plot_corruption_errors', broken)
+  with pytest.raises(RuntimeError, match='no display'):
+    runner.write_report(report, str(tmp_path / 'broken'))
+  assert not (tmp_path / 'broken' / 'report.json').exists()
+  assert (tmp_path / 'report.json').exists()

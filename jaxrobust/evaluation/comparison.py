@@ -164,8 +164,9 @@ def write_plots(rows: list[dict], out: str) -> None:
   fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
   width = 0.8 / len(metrics)
   for i, (key, label) in enumerate(metrics):
-    ax.bar(np.arange(len(rows)) + i * width, [100 * (r.get(key) or 0) for r in rows], width,
-           label=label)
+    # a run without this number gets no bar (a 0% bar would read as a result)
+    ax.bar(np.arange(len(rows)) + i * width,
+           [np.nan if r.get(key) is None else 100 * r[key] for r in rows], width, label=label)
   ax.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, names, rotation=30, ha='right')
   ax.set_ylabel('top-1 accuracy (%)')
   # Above the axes, in one row: inside them it hides the last method's bars.
@@ -175,12 +176,15 @@ def write_plots(rows: list[dict], out: str) -> None:
   fig.savefig(os.path.join(out, 'accuracy.png'), dpi=120)
   plt.close(fig)
   corruptions = list(rows[0]['per_corruption_s3'])
-  grid = np.array([[100 * r['per_corruption_s3'][c] for c in corruptions] for r in rows])
+  grid = np.array([[100 * r['per_corruption_s3'].get(c, np.nan) for c in corruptions]
+                   for r in rows])
   fig, ax = plt.subplots(figsize=(0.5 * len(corruptions) + 3, 0.45 * len(rows) + 2))
   im = ax.imshow(grid, cmap='viridis', vmin=0, vmax=100)
   ax.set_xticks(range(len(corruptions)), corruptions, rotation=60, ha='right', fontsize=8)
   ax.set_yticks(range(len(rows)), names, fontsize=8)
   for (i, j), v in np.ndenumerate(grid):
+    if np.isnan(v):
+      continue
     ax.text(j, i, f'{v:.0f}', ha='center', va='center', fontsize=6,
             color='white' if v < 50 else 'black')
   fig.colorbar(im, ax=ax, label='accuracy at severity 3 (%)')

@@ -447,7 +447,6 @@ def write_report(report: dict, out_dir: str) -> None:
   """report.json, one CSV per table, summary.md and PNG plots, in ``out_dir`` (local or a URI)."""
   out = files.as_path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  (out / 'report.json').write_text(json.dumps(report, indent=1, default=_json_default))
   lines = [f'# Evaluation of `{report["workdir"]}`', '',
            f'{report["method"]} / {report["model"]} on {report["dataset"]}, step {report["step"]}, '
            f'BN domain `{report["domain"]}`, {report["devices"]} device(s).', '']
@@ -528,3 +527,5 @@ def write_report(report: dict, out_dir: str) -> None:
               '`frequency_heat_map.png`.', '']
   lines += ['Timings (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in report['timings_s'].items())]
   (out / 'summary.md').write_text('\n'.join(lines) + '\n')
+  # Last: its presence marks a finished report (scripts/compare_methods.py skips those).
+  (out / 'report.json').write_text(json.dumps(report, indent=1, default=_json_default))
