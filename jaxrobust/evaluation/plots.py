@@ -191,7 +191,8 @@ def plot_boxplots(distributions: Mapping[str, Sequence[float]], path: PathLike, 
   """Box plots of several distributions (e.g. EWS subnet confidences per model).
 
   Args:
-    distributions: ``label -> values``; each must be non-empty.
+    distributions: ``label -> values``; each must be non-empty. Non-finite values (e.g. the
+      +inf epsilon* of never-flipped images) are left out of a box unless all are non-finite.
     path: output ``.png``.
   """
   path = _prepare(path)

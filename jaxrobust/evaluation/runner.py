@@ -428,6 +428,9 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
     elif suite == 'eps_star':
       report['eps_star'] = eps_star_suite(run, max_examples=attack_examples)
     elif suite == 'frequency':
+      if attack_examples > 200:  # a full map is 32 x 32 frequencies x images forward passes
+        logging.info('frequency: the Fourier heat map uses 200 of the %d attack_examples.',
+                     attack_examples)
       report['frequency'] = frequency_suite(run, max_examples=min(200, attack_examples))
     report['timings_s'][suite] = time.time() - start
     logging.info('suite %s done in %.1fs', suite, report['timings_s'][suite])
