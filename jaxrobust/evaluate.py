@@ -21,7 +21,8 @@ flags.DEFINE_string('out_dir', None, 'Output directory (default <workdir>/eval_<
 flags.DEFINE_string('domain', 'main', 'BatchNorm domain to evaluate with (e.g. aux).')
 flags.DEFINE_string('dataset', None, 'Override the dataset of the run (e.g. folder:/data/cifar10).')
 flags.DEFINE_integer('max_examples', 0, 'Eval examples for clean/corruptions (0 = all).')
-flags.DEFINE_integer('attack_examples', 500, 'Examples for attacks and eps* (the frequency map uses at most 200).')
+flags.DEFINE_integer('attack_examples', 500,
+                     'Examples for attacks and eps* (the frequency map uses at most 200).')
 flags.DEFINE_list('corruptions', None, 'Corruptions to evaluate (default: all 19).')
 flags.DEFINE_list('severities', ['1', '2', '3', '4', '5'], 'Corruption severities to evaluate.')
 flags.DEFINE_string('baseline_errors', None, 'JSON of a baseline run\'s corruption errors (mCE).')
