@@ -109,6 +109,34 @@ def _trained(workdir: str) -> bool:
     return not json.load(f).get('stopped_by')
 
 
+TRAINING_SETTINGS = ('budget', 'dataset', 'config_overrides')
+EVALUATION_SETTINGS = ('max_examples', 'attack_examples', 'apgd_steps', 'full_s3',
+                       'adversarial_noise_eps', 'adversarial_noise_steps',
+                       'adversarial_noise_generators')
+
+
+def _check_settings(folder: str, names: tuple[str, ...], what: str) -> None:
+  """Refuses a folder whose finished work was made with other flags, else records them.
+
+  Finished runs and reports are skipped, not redone, so reusing a folder with other flags would
+  table old results under the new flags' header.
+  """
+  path = os.path.join(folder, f'{what}_settings.json')
+  settings = {name: FLAGS[name].value for name in names}
+  if os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)
+    changed = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+    if changed:
+      raise app.UsageError(
+          f'{folder} holds {what} made with other flags ' +
+          ', '.join(f'--{k}: {old!r} there, {new!r} now' for k, (old, new) in changed.items()) +
+          '; use another folder, or the same flags to resume.')
+  elif not FLAGS.dry_run:
+    with open(path, 'w') as f:
+      json.dump(settings, f, indent=1)
+
+
 def train_command(method: str, workdir: str) -> list[str]:
   config = METHODS[method]
   cpu = FLAGS.budget == 'cpu'
@@ -167,6 +195,8 @@ def main(argv):
   os.makedirs(runs, exist_ok=True)
   logs = os.path.join(out, 'logs')
   os.makedirs(logs, exist_ok=True)
+  _check_settings(runs, TRAINING_SETTINGS, 'training')
+  _check_settings(out, EVALUATION_SETTINGS, 'evaluation')
   commands = []
   for method in FLAGS.methods:
     workdir = os.path.join(runs, method)
