@@ -71,12 +71,21 @@ done
 status=0
 LIVE=("${PIDS[@]}")
 while ((${#LIVE[@]} > 0)); do
-  # returns when any listed child ends; a trapped signal interrupts it (no done_pid): re-wait
+  # returns when any listed child ends; a trapped signal interrupts it (no done_pid: re-wait)
   unset done_pid
-  wait -n -p done_pid "${LIVE[@]}"
+  wait -n -p done_pid "${LIVE[@]}" 2>/dev/null
   rc=$?
   if [[ -z "${done_pid:-}" ]]; then
-    continue
+    # A child already reaped while a trap ran makes wait -n answer "no such job" at once (and
+    # re-waiting would spin for ever): take its status from plain wait, which keeps it.
+    for pid in "${LIVE[@]}"; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        wait "$pid"
+        rc=$? done_pid=$pid
+        break
+      fi
+    done
+    [[ -z "${done_pid:-}" ]] && continue
   fi
   rest=()
   for pid in "${LIVE[@]}"; do [[ "$pid" != "$done_pid" ]] && rest+=("$pid"); done

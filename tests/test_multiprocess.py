@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import chex
@@ -118,12 +119,6 @@ for _ in $(seq 3000); do sleep 0.1; done
 """
 
 
-def _as_a_terminal_job():
-  """A terminal's foreground job: SIGINT at its default, a process group of its own."""
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
-  os.setpgrp()
-
-
 # Stands in for python where SIGINT matters: like jaxrobust.main's PreemptionHandler it installs
 # its own handler (a bash trap cannot undo the SIGINT-ignore of a background process).
 FAKE_PYTHON_SIGINT = r"""#!/usr/bin/env python3
@@ -141,14 +136,24 @@ while True:
 """
 
 
-def _fake_launch(tmp_path, *, wait_for_start=True, fake_python=FAKE_PYTHON, **env):
+# Runs the launcher as a terminal runs a foreground job: SIGINT at its default action (a test
+# worker may ignore it, and bash cannot trap a signal ignored on entry), in a process group of
+# its own (start_new_session), so that os.killpg plays Ctrl-C.
+AS_A_TERMINAL_JOB = [sys.executable, '-c', 'import os, signal, sys; '
+                     'signal.signal(signal.SIGINT, signal.SIG_DFL); '
+                     'os.execvp(sys.argv[1], sys.argv[1:])']
+
+
+def _fake_launch(tmp_path, *, wait_for_start=True, fake_python=FAKE_PYTHON,
+                 terminal_job=False, **env):
   fake = tmp_path / 'fake_python'
   fake.write_text(fake_python)
   fake.chmod(0o755)
   full_env = {**_env(), 'PYTHON': str(fake), 'JAXROBUST_PORT': '12345', **env}
-  proc = subprocess.Popen(['bash', LAUNCH, '2', '--workdir=/w'], cwd=ROOT, env=full_env,
+  proc = subprocess.Popen((AS_A_TERMINAL_JOB if terminal_job else []) +
+                          ['bash', LAUNCH, '2', '--workdir=/w'], cwd=ROOT, env=full_env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          preexec_fn=_as_a_terminal_job)
+                          start_new_session=terminal_job)
   lines = []
   while wait_for_start and sum(l.startswith(('[p0] start', '[p1] start')) for l in lines) < 2:
     lines.append(proc.stdout.readline())
@@ -171,12 +176,25 @@ def test_launcher_starts_loopback_processes_and_forwards_sigterm(tmp_path):
 def test_ctrl_c_reaches_every_process_once_and_their_output_to_the_end(tmp_path):
   # Ctrl-C signals the terminal's whole foreground process group. The processes must get one
   # SIGINT (a second one stops them without a checkpoint), and the prefixing seds must live on.
-  proc, lines = _fake_launch(tmp_path, fake_python=FAKE_PYTHON_SIGINT)
+  proc, lines = _fake_launch(tmp_path, fake_python=FAKE_PYTHON_SIGINT, terminal_job=True)
   os.killpg(proc.pid, signal.SIGINT)
   out = ''.join(lines) + proc.communicate(timeout=120)[0]
   assert proc.returncode == 0, out
   for p in (0, 1):
     assert out.count(f'[p{p}] INT {p}') == 1 and f'[p{p}] saved {p}' in out, out
+
+
+def test_launcher_returns_when_every_process_dies_at_once(tmp_path):
+  # Both processes killed by the forwarded SIGTERM in the same instant: the second one is reaped
+  # while the first is handled, and the launcher used to re-wait for it for ever at full CPU.
+  dies_on_term = '#!/usr/bin/env bash\necho start\nexec sleep 300\n'
+  proc, lines = _fake_launch(tmp_path, fake_python=dies_on_term)
+  try:
+    proc.send_signal(signal.SIGTERM)
+    out = ''.join(lines) + proc.communicate(timeout=60)[0]
+  finally:
+    proc.kill()
+  assert proc.returncode == 128 + signal.SIGTERM and 'no such job' not in out, out
 
 
 def test_launcher_stops_the_others_when_one_fails(tmp_path):
