@@ -109,27 +109,27 @@ def _trained(workdir: str) -> bool:
     return not json.load(f).get('stopped_by')
 
 
-TRAINING_SETTINGS = ('budget', 'dataset', 'config_overrides')
-EVALUATION_SETTINGS = ('max_examples', 'attack_examples', 'apgd_steps', 'full_s3',
-                       'adversarial_noise_eps', 'adversarial_noise_steps',
-                       'adversarial_noise_generators')
+# The flags that change a run or a report (--full_s3 and --adversarial_noise only add work).
+SETTINGS = ('budget', 'dataset', 'config_overrides', 'max_examples', 'attack_examples',
+            'apgd_steps', 'adversarial_noise_eps', 'adversarial_noise_steps',
+            'adversarial_noise_generators')
 
 
-def _check_settings(folder: str, names: tuple[str, ...], what: str) -> None:
-  """Refuses a folder whose finished work was made with other flags, else records them.
+def _check_settings(runs: str) -> None:
+  """Refuses a runs folder whose recorded flags differ from these, else records them.
 
-  Finished runs and reports are skipped, not redone, so reusing a folder with other flags would
-  table old results under the new flags' header.
+  The runs and their reports (``<runs>/<method>/eval_*``) are skipped once they exist, not redone,
+  so other flags on the same folder would table old results under the new flags' header.
   """
-  path = os.path.join(folder, f'{what}_settings.json')
-  settings = {name: FLAGS[name].value for name in names}
+  path = os.path.join(runs, 'settings.json')
+  settings = {name: FLAGS[name].value for name in SETTINGS}
   if os.path.exists(path):
     with open(path) as f:
       recorded = json.load(f)
     changed = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
     if changed:
       raise app.UsageError(
-          f'{folder} holds {what} made with other flags ' +
+          f'{runs} holds runs and reports made with other flags ' +
           ', '.join(f'--{k}: {old!r} there, {new!r} now' for k, (old, new) in changed.items()) +
           '; use another folder, or the same flags to resume.')
   elif not FLAGS.dry_run:
@@ -195,8 +195,7 @@ def main(argv):
   os.makedirs(runs, exist_ok=True)
   logs = os.path.join(out, 'logs')
   os.makedirs(logs, exist_ok=True)
-  _check_settings(runs, TRAINING_SETTINGS, 'training')
-  _check_settings(out, EVALUATION_SETTINGS, 'evaluation')
+  _check_settings(runs)
   commands = []
   for method in FLAGS.methods:
     workdir = os.path.join(runs, method)

@@ -18,8 +18,8 @@
 #
 # The coordinator binds to 127.0.0.1 only (JAX_COORDINATOR_BIND_ADDRESS), so nothing listens on
 # other interfaces. SIGTERM/SIGINT sent to this script (Ctrl-C included) is forwarded once to
-# every process, which save a checkpoint at the next step boundary and exit 0 (preemption). If one process fails, the
-# others are stopped and the script exits with the failing process's status.
+# every process, which save a checkpoint at the next step boundary and exit 0 (preemption). If one
+# process fails, the others are stopped and the script exits with the failing process's status.
 set -u
 
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
@@ -50,7 +50,9 @@ forward() {  # preemption: every process gets the signal and checkpoints
 }
 trap 'forward TERM' TERM
 trap 'forward INT' INT
-trap 'forward TERM' HUP  # the terminal closed: the processes (in their own sessions) checkpoint
+# The terminal closed: the processes (in sessions of their own) are asked to checkpoint; their
+# output to that terminal is lost, so runs that should outlive it set JAXROBUST_LOG_DIR.
+trap 'forward TERM' HUP
 
 for ((i = 0; i < N; i++)); do
   cmd=("$PYTHON" -m jaxrobust.main "$@" "--coordinator_address=$ADDRESS"

@@ -100,8 +100,11 @@ def test_compare_methods_keeps_cpu_settings_to_the_cpu_budget_and_refuses_uris(t
   train = [l for l in config_budget.stdout.splitlines() if 'jaxrobust.main' in l]
   assert len(train) == 1 and 'ews_search_every_epochs' not in train[0]  # the config's own K
   # A folder of finished work made with other flags is refused: its runs would be skipped.
-  (tmp_path / 'runs' / 'training_settings.json').write_text(json.dumps(
-      {'budget': 'cpu', 'dataset': 'folder:../shared/data/cifar10', 'config_overrides': []}))
+  recorded = {'budget': 'cpu', 'dataset': 'folder:../shared/data/cifar10', 'config_overrides': [],
+              'max_examples': 1000, 'attack_examples': 200, 'apgd_steps': 25,
+              'adversarial_noise_eps': 9.2, 'adversarial_noise_steps': 150,
+              'adversarial_noise_generators': 2}
+  (tmp_path / 'runs' / 'settings.json').write_text(json.dumps(recorded))
   other = plan('--budget=config', f'--out={tmp_path}')
   assert other.returncode != 0 and "--budget: 'cpu' there, 'config' now" in other.stderr
   uri = plan('--out=gs://bucket/cmp')

@@ -284,7 +284,10 @@ def test_imagenet_sized_on_the_fly_corruptions_say_what_their_normalised_mce_com
     runner.write_report(report, str(tmp_path / str(baseline)))
     text = (tmp_path / str(baseline) / 'summary.md').read_text()
     assert ('through the `tfds_corruptions` suite, which reads the official one' in text) == said
-  # ImageNet-C's pixel-sized parameters on images of another size than 224 px: a warning.
+  # ImageNet-C's pixel-sized parameters on images of another size than 224 px: a warning (once
+  # per size and process, so forget earlier ones).
+  from jaxrobust.corruptions import _common  # pylint: disable=g-import-not-at-top
+  _common._warn_imagenet_table_size.cache_clear()
   with caplog.at_level('WARNING'):
     for size in (224, 96):
       corruptions.get("defocus_blur")(jnp.zeros((1, size, size, 3)), jax.random.key(0), 1)

@@ -168,7 +168,7 @@ def test_a_small_share_per_device_that_loses_a_part_of_the_mix_raises(caplog):
     setup('gnt', 8)
   with pytest.raises(ValueError, match='so the current generator part gets none'):
     setup('ant', 24)  # 3 per device: 2 clean, 0 current, 1 replay
-  for batch_size, warned in ((64, True), (80, False)):  # 4/2/2 of 8 skews 50/30/20; 5/3/2 of 10
+  for batch_size, warned in ((64, True), (80, False)):  # 4/2/2 of 8 is 50/25/25, not 50/30/20; 5/3/2 of 10 is exact
     caplog.clear()
     with caplog.at_level('WARNING'):
       setup('ant', batch_size)

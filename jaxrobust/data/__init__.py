@@ -29,7 +29,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 AUGMENTATIONS = ('cifar', 'crop', 'imagenet', 'none')
 # Digits: a flipped 2 or 5 is another glyph, so their recipes crop without flipping.
-DIGIT_DATASETS = ('svhn_cropped', 'mnist', 'fashion_mnist')
+DIGIT_DATASETS = ('svhn_cropped', 'mnist')
 KNOWN_TFDS = ('cifar10', 'cifar100', 'imagenet2012', 'svhn_cropped', 'mnist', 'fashion_mnist',
               'cifar10_corrupted/<corruption>_<severity>',
               'imagenet2012_corrupted/<corruption>_<severity>')

@@ -345,9 +345,8 @@ def median_eps_star(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arra
   Returns:
     :func:`eps_star_statistics` plus ``per_image`` (np.ndarray of every eps).
   """
-  noise_fn = as_argument(noise) if callable(noise) else None
-  search = _compiled_search(None if callable(noise) else noise, max_eps, num_coarse, num_bisect,
-                            spacing, min_eps)
+  noise_fn, noise_name = (as_argument(noise), None) if callable(noise) else (None, noise)
+  search = _compiled_search(noise_name, max_eps, num_coarse, num_bisect, spacing, min_eps)
   predict_fn = as_argument(predict_fn)
   all_eps = []
   for i, batch in enumerate(batches):

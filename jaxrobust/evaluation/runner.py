@@ -305,7 +305,9 @@ def _attack_label(name: str) -> str:
 
 
 def _attack_counts(attack, kwargs):
-  """jit: (predict_fn, x, y, mask, rng, **traced) -> :func:`_count` under ``attack``.
+  """jit: (predict_fn, x, y, mask, rng, **traced) -> (robust, examples) counts under ``attack``.
+
+  Robust: right on the clean image and on the attacked one (``attacks.robust_correct``).
 
   ``kwargs`` are fixed at trace time; keyword arguments of the call (eps, step size) override
   them as traced inputs, so a sweep over them reuses one compiled program.

@@ -167,6 +167,10 @@ def evaluate_subnets(model, params, batch_stats: dict, batches: Iterable[dict], 
 
   Returns:
     ``{'confidence': [N], 'accuracy': [N], 'full_confidence', 'full_accuracy', 'count'}``.
+
+  Raises:
+    ValueError: nothing was evaluated (with ``bn='batch'``, padded batches are skipped, with a
+      warning, because their padding would enter the batch statistics).
   """
   _check('bn', bn, BN_MODES)
   steps = _steps(model, mesh, bn, perturbation)

@@ -234,8 +234,9 @@ class ANT(Method):
     if ctx.info is not None:
       shape = tuple(ctx.info.image_shape)
       reach = math.sqrt(float(np.prod(shape)))  # every pixel moved by 1: no clipped noise goes further
-      if self.eps(shape) >= reach:
-        raise ValueError(f'ant_eps={self.eps(shape):g} cannot be reached on {shape} images: the '
+      eps = self.eps(shape)
+      if eps >= reach:
+        raise ValueError(f'ant_eps={eps:g} cannot be reached on {shape} images: the '
                          f'L2 norm of noise clipped to [0, 1] stays below sqrt(H*W*C) = '
                          f'{reach:.1f}. (135 is the paper\'s radius for 224 x 224 x 3; 0 picks '
                          f'{default_eps(shape):.1f} for these images.)')

@@ -66,14 +66,14 @@ The adversarial bases reuse :mod:`jaxrobust.methods.adversarial_training` and it
 ``trades_craft_bn``, ...), so ``lambda = 0`` reproduces ``'pgd_at'`` / ``'trades'`` exactly.
 
 **AWP** (Wu, Xia & Wang 2020; ``awp_gamma > 0``, after ``awp_warmup_epochs`` epochs without it):
-per step,
-one ascent step on the weights, layer-wise relative to the weight norm: with ``g_l`` the
+per step, one ascent step on the weights, layer-wise relative to the weight norm: with ``g_l`` the
 (device-averaged) gradient of the *base* loss (on the already crafted ``x'``, train-mode BN,
 no statistics update) w.r.t. the kernel ``w_l`` of every convolution / dense layer,
 ``v_l = awp_gamma * ||w_l|| * g_l / ||g_l||`` (biases and BN parameters are not perturbed); the
 training gradient is taken at ``w + v`` and applied to ``w``. Published defaults: ``awp_gamma =
 5e-3`` (the AWP paper; the official AT-AWP script uses 1e-2, TRADES-AWP 5e-3 from its 10th
-epoch, i.e. ``awp_warmup_epochs = 9``). With EWS, the KL terms are evaluated at the perturbed weights too.
+epoch, i.e. ``awp_warmup_epochs = 9``). With EWS, the KL terms are evaluated at the perturbed
+weights too.
 
 **Batch composition** per step: natural: B clean through the full network + B through the
 subnet. PGD-AT: B adversarial (+ B clean if gamma > 0) through the full network, and the same
@@ -653,7 +653,6 @@ class EWS(Method):
                       'training steps, so EWS trains throughout on the subnets chosen at '
                       'initialisation (an untrained controller samples nearly uniformly).',
                       self.search_every_epochs, self.search, self.ctx.total_steps)
-    return [Hook(every_steps=every, fn=self.run_search, name='ews_search')]
     return [Hook(every_steps=every, fn=self.run_search, name='ews_search')]
 
 
