@@ -64,9 +64,10 @@ def make_generator_tx(optimizer: str, learning_rate: float) -> optax.GradientTra
 @functools.lru_cache(maxsize=None)
 def _generator_chunk(generator: NoiseGenerator, optimizer: str, learning_rate: float,
                      eps: float):
-  """jit: a ``lax.scan`` of generator ascent steps over a chunk of batches, compiled once per
-  setting. The frozen model comes in as an argument (a ``Partial`` holding its weights), so
-  every generator of an evaluation, and every model of a comparison, reuses the program."""
+  """``(tx, run_chunk)``: the generator's optimizer and a jitted ``lax.scan`` of ascent steps
+  over a chunk of batches, compiled once per setting. The frozen model comes in as an argument
+  (a ``Partial`` holding its weights), so every generator of an evaluation, and every model of
+  a comparison, reuses the program."""
   tx = make_generator_tx(optimizer, learning_rate)
 
   def one_step(logits_fn, carry, inputs):
@@ -87,7 +88,7 @@ def _generator_chunk(generator: NoiseGenerator, optimizer: str, learning_rate: f
     (params, opt_state), ces = jax.lax.scan(functools.partial(one_step, logits_fn),
                                             (params, opt_state), (xs, ys, ws, keys))
     return params, opt_state, ces
-  return run_chunk
+  return tx, run_chunk
 
 
 def train_noise_generator(logits_fn: LogitsFn, batches: Iterable[Any], rng: jax.Array, *,
@@ -118,7 +119,7 @@ def train_noise_generator(logits_fn: LogitsFn, batches: Iterable[Any], rng: jax.
   if not eps > 0:
     raise ValueError(f'eps={eps!r}: allowed a value > 0 (an L2 norm in [0, 1] pixel units).')
   generator = NoiseGenerator() if generator is None else generator
-  tx = make_generator_tx(optimizer, learning_rate)
+  tx, run_chunk = _generator_chunk(generator, optimizer, float(learning_rate), float(eps))
   chunk = max(d for d in range(1, min(int(chunk), int(steps)) + 1) if steps % d == 0)
   it = iter(batches)
 
@@ -133,7 +134,6 @@ def train_noise_generator(logits_fn: LogitsFn, batches: Iterable[Any], rng: jax.
   z0 = jnp.zeros(generator.latent_shape((1, 1, 1, first[0].shape[-1])), jnp.float32)
   params = generator.init(init_rng, z0)['params']
   opt_state = tx.init(params)
-  run_chunk = _generator_chunk(generator, optimizer, float(learning_rate), float(eps))
   logits_fn = noise_robustness.as_argument(logits_fn)
 
   history = []

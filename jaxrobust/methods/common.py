@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrobust.models import MAIN, apply_model
+from jaxrobust import parallel
 from jaxrobust.parallel import AXIS
 
 
@@ -196,8 +197,9 @@ def part_accuracies(logits, labels, parts):
 
 def local_batch_size(ctx) -> int:
   """Images of the global batch each device gets (its share composes its own mix)."""
-  devices = ctx.mesh.devices.size if ctx.mesh is not None else 1
-  return int(ctx.config.batch_size) // devices
+  if ctx.mesh is None:
+    return int(ctx.config.batch_size)
+  return parallel.check_batch_size(int(ctx.config.batch_size), ctx.mesh)
 
 
 def check_batch_parts(method: str, local_batch: int,

@@ -221,15 +221,17 @@ class ResNet(nn.Module):
       x = nn.relu(bn(name='stem_bn')(x))
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
+    # Only the pre-activation (wide) block has dropout, as in WRN.
+    has_dropout = block_cls is PreActBlock
+    block_kwargs = {'dropout_rate': self.dropout_rate} if has_dropout else {}
+    call_kwargs = {'dropout': dropout} if has_dropout else {}
     for i, (num_blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        has_dropout = block_cls is PreActBlock
-        kwargs = {'dropout_rate': self.dropout_rate} if has_dropout else {}
         name = f'stage{i + 1}_block{j + 1}'
-        x = block_cls(width, strides, conv, norm, name=name, **kwargs)(
+        x = block_cls(width, strides, conv, norm, name=name, **block_kwargs)(
             x, train=train, domain=domain, subnet=None if subnet is None else subnet[name],
-            **({'dropout': dropout} if has_dropout else {}))
+            **call_kwargs)
     if self.preact:
       x = nn.relu(bn(name='final_bn')(x))
     features = x
