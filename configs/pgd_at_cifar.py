@@ -1,7 +1,8 @@
 """Madry PGD adversarial training on CIFAR-10: PreAct ResNet-18, PGD-10 (eps 8/255, step 2/255).
 
-Madry et al. (2018) inner maximisation: L-inf PGD, eps = 8/255, step 2/255, 10 steps, uniform
-random start, cross-entropy; loss CE(f(x'), y) + gamma CE(f(x), y) with gamma = 0. Schedule of the
+Madry et al. (2018) inner maximisation as the EWS paper and Rice et al. (2020) run it: L-inf PGD,
+eps = 8/255, step 2/255, 10 steps (Madry's own CIFAR runs used 7), uniform random start,
+cross-entropy; loss CE(f(x'), y) + gamma CE(f(x), y) with gamma = 0. Schedule of the
 EWS paper's adversarial-training experiments (``001_f126abb63f157b30.txt``, supplementary "Detailed
 Experimental Settings", after Rice et al. 2020): PreAct ResNet-18, SGD (momentum 0.9, weight
 decay 5e-4), batch 128, learning rate 0.1 divided by 10 at epochs 100 and 150 of 200.

@@ -13,8 +13,11 @@ Table 7). With ``restarts = R > 1`` the attack is run from R random starts (a ``
 restarts, so memory does not grow with R) and, per example, the strongest result is kept: a
 successful one (misclassified; for targeted attacks classified as the target) before an
 unsuccessful one, and among equals the one with the higher loss. Restart r uses
-``jax.random.fold_in(rng, r)``, so restart 0 is exactly the single-run attack and more restarts
-never give a weaker example.
+``jax.random.fold_in(rng, r)``, so restart 0 is exactly the single-run attack and, when examples
+are independent under ``logits_fn`` (eval-mode BN, as in every evaluation attack), more restarts
+never give a weaker example. Under batch-statistics BN the assembled batch is scored under other
+statistics than each restart was, so that guarantee does not hold there (no training preset uses
+restarts).
 
 Model-agnostic: ``logits_fn(x) -> logits`` is a pure function of the images only; the caller
 closes over parameters, BatchNorm domain and train/eval mode and guarantees that calling it changes
@@ -59,8 +62,10 @@ def loss_and_grad(logits_fn: LogitsFn, objective: losses_lib.LossFn, x_adv: jax.
                   y: Optional[jax.Array]):
   """Per-example objective, logits and gradient of the summed objective w.r.t. the images.
 
-  Examples are independent under ``logits_fn`` (eval-mode BN), so the gradient of the sum is the
-  per-example gradient.
+  Under eval-mode BN examples are independent, so the gradient of the sum is the per-example
+  gradient. Under batch-statistics BN (the training methods' default crafting mode) it also holds
+  the cross-example terms through the batch statistics: the gradient of the batch objective, as
+  in reference PyTorch code that attacks a model in train mode.
 
   Returns:
     (loss [B], logits [B, K], grad [B, ...]).

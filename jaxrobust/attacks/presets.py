@@ -18,7 +18,8 @@ largest model. Table 7 replaces PGD (eps=4, n=5, alpha=1) by I-FGSM (no random s
 projection onto the eps-ball). The paper leaves targeted vs untargeted open; these presets are
 untargeted (see the AdvProp method's docstring).
 
-Adversarial training baselines: Madry et al. (2018) PGD-10 (eps 8, step 2, random start) and
+Adversarial training baselines: Madry et al. (2018) PGD with the 10 steps of the EWS paper and
+Rice et al. 2020 (Madry's CIFAR runs used 7; eps 8, step 2, random start) and
 TRADES (Zhang et al. 2019): eps 8, step 2 (0.007 in the TRADES code, ~1.8/255), 10 steps, KL inner
 loss, start ``x + 0.001 * N(0, I)``.
 
