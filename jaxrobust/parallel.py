@@ -136,6 +136,19 @@ def check_batch_size(global_batch_size: int, mesh, what: str = 'batch_size') -> 
   return global_batch_size // n
 
 
+def eval_batch_size(global_batch_size: int, mesh) -> int:
+  """The eval batch: ``global_batch_size`` rounded up to a multiple of the devices and processes.
+
+  Evaluation masks padded examples, so an eval batch need not divide evenly: 500 on 8 devices
+  runs as 504, the extra rows padding. (Training batches must divide; see
+  :func:`check_batch_size`.)
+  """
+  if global_batch_size <= 0:
+    raise ValueError(f'eval_batch_size={global_batch_size}: allowed an integer > 0.')
+  n = np.lcm(mesh.devices.size, jax.process_count())
+  return int(-(-global_batch_size // n) * n)
+
+
 def replicate(tree, mesh):
   """Places a host pytree on every device of the mesh (fully replicated global arrays)."""
   sharding = replicated(mesh)

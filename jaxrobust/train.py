@@ -115,7 +115,6 @@ def build(config, mesh=None):
   validate_config(config)
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  parallel.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   method = methods.get(config.method)(config)
   info = data.get_info(config)
   n_train = info.num_examples[info.train_split]
@@ -364,11 +363,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # multi-process runs agree on a stop every 10 steps, keeping the collective off most steps
   preemption = checkpointing.PreemptionHandler(sync_every_steps=10)
   hooks = method.hooks()
+  eval_batch_size = parallel.eval_batch_size(config.eval_batch_size, mesh)
 
   def run_eval(step):
     results = {}
     for domain, eval_step in eval_steps.items():
-      batches = data.eval_iterator(info, global_batch_size=config.eval_batch_size,
+      batches = data.eval_iterator(info, global_batch_size=eval_batch_size,
                                    source=eval_source, data_dir=data_dir,
                                    max_examples=config.get('max_eval_examples') or None, **proc)
       res = clean.evaluate(eval_step, state.params, state.batch_stats, batches, mesh)

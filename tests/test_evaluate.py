@@ -318,3 +318,17 @@ def test_report_plots_get_fractions(tmp_path, monkeypatch):
     runner.write_report(report, str(tmp_path / 'broken'))
   assert not (tmp_path / 'broken' / 'report.json').exists()
   assert (tmp_path / 'report.json').exists()
+
+
+def test_an_eval_batch_that_does_not_divide_the_devices_is_rounded_up(trained):
+  """500 (the configs' default) on 8 devices must evaluate, not raise: padding is masked."""
+  run = runner.load_run(trained)
+  run.config.eval_batch_size = 12  # 8 devices: runs as 16
+  batches = list(run.batches(max_examples=40))
+  assert [b['image'].shape[0] for b in batches] == [16, 16, 16]
+  assert sum(int(np.sum(b['mask'])) for b in batches) == 40
+  assert runner.clean_suite(run, max_examples=40)['count'] == 40
+  mesh = parallel.make_mesh(jax.devices()[:8])
+  assert [parallel.eval_batch_size(n, mesh) for n in (500, 12, 16, 1)] == [504, 16, 16, 8]
+  with pytest.raises(ValueError, match='eval_batch_size=0'):
+    parallel.eval_batch_size(0, mesh)

@@ -90,8 +90,10 @@ class Run:
     """This process's part of each eval batch (numpy), of ``info``'s eval split (default the run's).
 
     Every suite reads its data here, so which slice of the split a process feeds is said once:
-    without ``process_index``/``process_count`` every process would feed the whole split.
+    without ``process_index``/``process_count`` every process would feed the whole split. The
+    batch is rounded up to a multiple of the devices and processes (padding is masked).
     """
+    global_batch_size = parallel.eval_batch_size(global_batch_size, self.mesh)
     return data.eval_iterator(info or self.info, global_batch_size=global_batch_size,
                               source=self.eval_source if info is None else None,
                               data_dir=self.config.get('data_dir') or None,
@@ -100,11 +102,9 @@ class Run:
 
   def batches(self, max_examples: Optional[int] = None, batch_size: Optional[int] = None):
     """Eval-split batches as global arrays: {'image', 'label', 'mask'}."""
-    n = self.mesh.devices.size
     bs = batch_size or self.config.eval_batch_size
     if max_examples:  # no padding beyond the examples asked for
       bs = min(bs, max_examples)
-    bs = -(-bs // n) * n  # a multiple of the devices
     for b in self.host_batches(bs, max_examples):
       yield parallel.shard_batch(b, self.mesh)
 

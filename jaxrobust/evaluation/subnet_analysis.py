@@ -309,7 +309,7 @@ def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str =
   run = runner.load_run(workdir, with_method=True, overrides=overrides)
   config, info, method, model, mesh = run.config, run.info, run.method, run.model, run.mesh
   space = subnets.subnet_space(model, rho, image_shape=tuple(info.image_shape))
-  batch_size = config.eval_batch_size
+  batch_size = parallel.eval_batch_size(config.eval_batch_size, mesh)
   if bn == 'batch' and max_examples:
     # Batch statistics must not see padding, so padded batches are skipped: with few examples,
     # batches no larger than the examples asked for (a multiple of the devices).
