@@ -536,8 +536,14 @@ def _merge(target, source, what):
   def pick(path, t):
     key = jax.tree_util.keystr(path)
     if key not in flat_src:
-      # per-domain affine parameters a plain backbone lacks start from the shared ones
-      return t
+      # per-domain affine parameters a plain backbone lacks (scale_aux, bias_aux) start from
+      # its shared ones, as the auxiliary BN's statistics start from its main statistics
+      name = getattr(path[-1], 'key', None)
+      shared = name.split('_')[0] if isinstance(name, str) else None
+      if shared in ('scale', 'bias') and name != shared:
+        key = jax.tree_util.keystr(path[:-1] + (jax.tree_util.DictKey(shared),))
+      if key not in flat_src:
+        return t
     v = np.asarray(flat_src[key])
     if v.shape != t.shape:
       raise ValueError(f'init_from: {what}{key} has shape {v.shape}, this model needs {t.shape}.')

@@ -141,3 +141,21 @@ def test_non_finite_extras_make_a_non_finite_update():
   assert np.isfinite(float(metrics['loss']))
   assert float(metrics['state_finite']) == 0.0 and float(metrics['finite']) == 0.0
   assert float(state.extras['scale']) == 1.0 and int(state.step) == 1
+
+
+def test_init_from_starts_the_auxiliary_affine_parameters_from_the_shared_ones():
+  """Fine-tuning AdvProp/MixProp from a vanilla run: scale_aux/bias_aux take the run's scale/bias
+  (the aux BN's statistics take its main ones), not identity scale and zero bias."""
+  source = {'block': {'bn1': {'scale': np.full(3, 1.5, np.float32),
+                              'bias': np.full(3, 0.5, np.float32)}},
+            'classifier': {'kernel': np.ones((3, 2), np.float32)}}
+  target = {'block': {'bn1': {'scale': jnp.ones(3), 'bias': jnp.zeros(3),
+                              'scale_aux': jnp.ones(3), 'bias_aux': jnp.zeros(3)}},
+            'classifier': {'kernel': jnp.zeros((3, 2)), 'bias': jnp.zeros(2)}}
+  merged, copied = train._merge(target, source, 'params')  # pylint: disable=protected-access
+  bn = merged['block']['bn1']
+  np.testing.assert_array_equal(bn['scale_aux'], 1.5)
+  np.testing.assert_array_equal(bn['bias_aux'], 0.5)
+  np.testing.assert_array_equal(bn['scale'], 1.5)
+  np.testing.assert_array_equal(merged['classifier']['bias'], 0.0)  # not in the source: kept
+  assert copied == 5
