@@ -200,8 +200,14 @@ def make_train_step(method, config, mesh):
                                 parallel.AXIS) > 0
     finite = jnp.logical_and(metrics_finite, state_finite)
     if skip_nonfinite:  # drop the update, keep counting steps
-      new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state,
-                               state.replace(step=state.step + 1))
+      kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state,
+                          state.replace(step=state.step + 1))
+      # The optimizer's counters (its learning-rate schedule's) still advance, as a PyTorch
+      # scheduler steps past a skipped update: the schedule stays in step with ``state.step``.
+      opt_state = jax.tree.map(
+          lambda n, k: n if jnp.issubdtype(n.dtype, jnp.integer) else k,
+          new_state.opt_state, kept.opt_state)
+      new_state = kept.replace(opt_state=opt_state)
     metrics['finite'] = finite.astype(jnp.float32)
     metrics['state_finite'] = state_finite.astype(jnp.float32)
     return new_state, metrics
@@ -428,9 +434,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         pending = [(s, parallel.to_host(m)) for s, m in pending]
         if config.get('nonfinite', 'stop') == 'stop':
           check_finite(pending)
-        skipped += sum(1 for _, m in pending if float(m['finite']) < 1.0)
-        means = {k: float(np.mean([m[k] for _, m in pending])) for k in pending[-1][1]
-                 if k not in INTERNAL_METRICS}
+        applied = [m for _, m in pending if float(m['finite']) >= 1.0]
+        skipped += len(pending) - len(applied)
+        # means over the applied updates: a skipped step's NaN loss would make the window NaN
+        means = {k: float(np.mean([m[k] for m in applied])) for k in pending[-1][1]
+                 if k not in INTERNAL_METRICS and applied}
         elapsed = time.time() - window_start
         rate = (done - window_step) * config.batch_size / max(elapsed, 1e-9)
         means.update(images_per_sec=rate, learning_rate=float(

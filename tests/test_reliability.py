@@ -473,6 +473,24 @@ def test_nan_stops_cleanly_naming_the_step_and_the_previous_checkpoint_is_intact
   assert step == 5 and int(arrays['step']) == 5 and _all_finite(arrays)
 
 
+def test_skipped_updates_leave_the_logged_means_finite(tmp_path, monkeypatch):
+  """'skip': a window with one NaN step logs the means of its applied updates, not NaN."""
+  real = train.data.train_iterator
+
+  def poisoned(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+      if i == 2:
+        batch = dict(batch, image=np.full_like(batch['image'], np.nan))
+      yield batch
+  monkeypatch.setattr(train.data, 'train_iterator', poisoned)
+  config = tiny_config(nonfinite='skip', num_epochs=0.25, max_eval_examples=128)
+  _, results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['skipped_updates'] == 1
+  rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+  train_rows = [r for r in rows if r['kind'] == 'train']
+  assert train_rows and all(np.isfinite(r['loss']) for r in train_rows)
+
+
 def test_overflowing_update_with_finite_loss_is_flagged_and_skipped():
   """A finite loss with an overflowing update: 'finite' is 0 and 'skip' keeps the old state."""
   config = tiny_config(nonfinite='skip')

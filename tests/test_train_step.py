@@ -13,14 +13,14 @@ from jaxrobust.methods.base import Context
 from tests.conftest import tiny_config
 
 
-def _setup(num_devices, sync=True, method='vanilla', method_cls=None):
+def _setup(num_devices, sync=True, method='vanilla', method_cls=None, tx=None):
   config = tiny_config(sync_batch_stats=sync, method=method, weight_decay=5e-4,
                        learning_rate=0.1, lr_schedule='constant')
   mesh = parallel.make_mesh(jax.devices()[:num_devices])
   m = (method_cls or methods.get(method))(config)
   model = models.create_model('resnet_tiny', num_classes=10, affine_domains=m.affine_domains(),
                               bn_axis_name=parallel.AXIS if sync else None)
-  tx = optax.sgd(0.1, momentum=0.9)
+  tx = tx or optax.sgd(0.1, momentum=0.9)
   m.setup(Context(config=config, model=model, tx=tx, info=None, mesh=mesh, steps_per_epoch=10,
                   total_steps=10))
 
@@ -91,16 +91,22 @@ def test_batch_size_must_divide_devices():
 
 
 def test_skip_nonfinite_policy_keeps_the_state():
-  config, mesh, m, state = _setup(2)
+  config, mesh, m, state = _setup(
+      2, tx=optax.sgd(optax.cosine_decay_schedule(0.1, 10), momentum=0.9))
   config.nonfinite = 'skip'
   step = train.make_train_step(m, config, mesh)
   batch = _batches(1)[0]
   batch['image'][0, 0, 0, 0] = np.nan
   before = parallel.to_host(state.params)
+  counts = lambda s: [int(x) for x in jax.tree.leaves(parallel.to_host(s.opt_state))
+                      if np.issubdtype(np.asarray(x).dtype, np.integer)]
+  counts_before = counts(state)
   state, metrics = step(state, parallel.shard_batch(batch, mesh))
   assert float(metrics['finite']) == 0.0 and int(state.step) == 1
   chex.assert_trees_all_equal(before, parallel.to_host(state.params))
   assert np.isnan(float(jnp.asarray(metrics['loss'])))
+  # the learning-rate schedule's count advanced with the step, the update did not apply
+  assert counts_before and counts(state) == [c + 1 for c in counts_before]
 
 
 def test_stream_keys_are_never_step_keys():
