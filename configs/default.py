@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.weight_decay = 5e-4
   c.lr_schedule = 'cosine'   # constant | cosine | step | onecycle
   c.warmup_epochs = 0.0
-  c.lr_boundaries = ()       # epochs, for lr_schedule='step'
+  c.lr_boundaries = ()       # epochs, read only by lr_schedule='step'
   c.lr_decay_factor = 0.1
   c.grad_clip_norm = 0.0
   # Loop.

@@ -95,10 +95,23 @@ def validate_config(config) -> None:
   _check_number(config, 'log_every_steps', low=0, integer=True)
   _check_number(config, 'max_steps_in_flight', low=1, integer=True)
   _check_number(config, 'keep_checkpoints', low=1, integer=True)
-  _check_number(config, 'seed', low=0, integer=True)  # numpy's permutation seeds are >= 0
+  # numpy's permutation seeds are >= 0; jax.random.PRNGKey keeps 32 bits (2**32 would be 0)
+  _check_number(config, 'seed', low=0, high=2**31, high_open=True, integer=True)
   boundaries = config.get('lr_boundaries', ()) or ()
   if any(isinstance(b, bool) or not isinstance(b, (int, float)) or b < 0 for b in boundaries):
     raise ValueError(f'lr_boundaries={tuple(boundaries)!r}: allowed a tuple of epochs >= 0.')
+  warmup = config.get('warmup_epochs', 0.0) or 0.0
+  if warmup and warmup >= config.num_epochs:
+    raise ValueError(f'warmup_epochs={warmup!r} must be below num_epochs={config.num_epochs!r}: '
+                     f'the learning rate would never reach its peak.')
+  if config.get('lr_schedule', 'cosine') == 'step':
+    if not boundaries:
+      raise ValueError("lr_schedule='step' needs lr_boundaries (epochs at which the learning rate "
+                       "is multiplied by lr_decay_factor); for a fixed rate use 'constant'.")
+    if warmup and min(boundaries) <= warmup:
+      raise ValueError(f'lr_boundaries={tuple(boundaries)!r}: a boundary at or before the end of '
+                       f'the warm-up (warmup_epochs={warmup!r}) would be lost; allowed epochs '
+                       f'> {warmup!r}.')
   dataset = config.dataset
   if not isinstance(dataset, str) or not dataset.strip() or dataset.strip() == 'folder:':
     raise ValueError(f'dataset={dataset!r}: allowed digits, folder:/path/to/images '
@@ -121,6 +134,14 @@ def build(config, mesh=None):
   steps_per_epoch = n_train // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size={config.batch_size} exceeds the {n_train} training examples.')
+  if int(config.num_epochs * steps_per_epoch) < 1:
+    raise ValueError(f'num_epochs={config.num_epochs!r} is less than one step ({steps_per_epoch} '
+                     f'steps per epoch); allowed: >= {1 / steps_per_epoch:.3g}.')
+  eval_every = config.get('eval_every_epochs', 1) or 0
+  if eval_every and int(eval_every * steps_per_epoch) < 1:
+    raise ValueError(f'eval_every_epochs={eval_every!r} is less than one step ({steps_per_epoch} '
+                     f'steps per epoch); allowed: 0 (only at the end) or >= '
+                     f'{1 / steps_per_epoch:.3g}.')
   model = models.create_model(
       config.model, num_classes=info.num_classes, image_size=info.image_shape[0],
       affine_domains=method.affine_domains(),
