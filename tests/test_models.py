@@ -37,6 +37,27 @@ def test_custom_wide_resnet_and_unknown_names():
     models.create_model('resnet19', num_classes=10)
   with pytest.raises(ValueError, match='6n\\+4'):
     models.create_model('wrn27_10', num_classes=10)
+  with pytest.raises(ValueError, match='6n\\+4 with n >= 1'):  # no residual block at all
+    models.create_model('wrn4_2', num_classes=10)
+  with pytest.raises(ValueError, match='width must be an integer >= 1, got 0'):
+    models.create_model('wrn16_0', num_classes=10)
+
+
+def test_dropout_only_where_the_block_has_it():
+  # a silently ignored rate would train a network without the regulariser the user asked for
+  with pytest.raises(ValueError, match="model 'resnet50' has no dropout.*preact_resnet18"):
+    models.create_model('resnet50', num_classes=10, dropout_rate=0.3)
+  assert models.create_model('wrn10_1', num_classes=10, dropout_rate=0.3).dropout_rate == 0.3
+  assert models.create_model('resnet50', num_classes=10, dropout_rate=0.0).dropout_rate == 0.0
+
+
+def test_pre_activation_imagenet_stem_pools_a_normalised_map():
+  # conv -> BN -> ReLU -> max-pool, as He et al.'s ImageNet pre-activation nets
+  big = models.create_model('preact_resnet18', num_classes=10, image_size=224)
+  small = models.create_model('preact_resnet18', num_classes=10, image_size=32)
+  shapes = lambda m, n: jax.eval_shape(lambda: m.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, n, n, 3)), train=False))['params']
+  assert 'stem_bn' in shapes(big, 224) and 'stem_bn' not in shapes(small, 32)
 
 
 def test_stem_choice():

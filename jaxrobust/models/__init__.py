@@ -59,6 +59,10 @@ def create_model(name: str, *, num_classes: int, image_size: int = 32,
   elif 'stem' not in kwargs:
     kwargs['stem'] = 'cifar' if image_size <= 64 else 'imagenet'
   kwargs.update(overrides)
+  if kwargs.get('dropout_rate', 0.0) and kwargs.get('block', 'basic') != 'preact_basic':
+    raise ValueError(f'dropout_rate={kwargs["dropout_rate"]!r}: model {name!r} has no dropout; '
+                     f'only the pre-activation basic block has it (preact_resnet18, '
+                     f'wrn<depth>_<width>). Use dropout_rate=0.')
   return resnet.ResNet(num_classes=num_classes, affine_domains=tuple(affine_domains),
                        bn_axis_name=bn_axis_name, mean=tuple(mean), std=tuple(std), **kwargs)
 

@@ -217,7 +217,8 @@ class ResNet(nn.Module):
       x = conv(self.stem_width, (7, 7), 2, padding=[(3, 3), (3, 3)], name='stem_conv')(x)
     else:
       x = conv(self.stem_width, (3, 3), name='stem_conv')(x)
-    if not self.preact:
+    if not self.preact or self.stem == 'imagenet':
+      # pre-activation nets too pool a normalised stem on ImageNet (He et al. 2016b)
       x = nn.relu(bn(name='stem_bn')(x))
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
@@ -243,8 +244,11 @@ class ResNet(nn.Module):
 
 
 def _wrn(depth: int, width: int, **kw) -> dict:
-  if (depth - 4) % 6:
-    raise ValueError(f'WideResNet depth must be 6n+4 (e.g. 16, 22, 28, 34, 40), got {depth}.')
+  if depth < 10 or (depth - 4) % 6:
+    raise ValueError(f'WideResNet depth must be 6n+4 with n >= 1 (e.g. 10, 16, 22, 28, 34, 40), '
+                     f'got {depth}.')
+  if width < 1:
+    raise ValueError(f'WideResNet width must be an integer >= 1, got {width}.')
   n = (depth - 4) // 6
   return dict(stage_sizes=(n, n, n), widths=(16 * width, 32 * width, 64 * width),
               block='preact_basic', stem='cifar', stem_width=16, **kw)
