@@ -126,6 +126,8 @@ def test_folder_dataset_resizes_and_sorts(tmp_path):
   info = data.get_info(_cfg(dataset=f'folder:{tmp_path}', image_size=16))
   assert info.class_names == ('cat', 'dog') and info.image_shape == (16, 16, 3)
   assert info.num_examples == {'train': 12, 'test': 6} and info.eval_split == 'test'
+  # without image_size: small images keep their own size (the first file's longer side)
+  assert data.get_info(_cfg(dataset=f'folder:{tmp_path}')).image_shape == (12, 12, 3)
   a = data.InMemorySource(info, 'train')
   b = data.InMemorySource(info, 'train')
   assert a.images.shape == (12, 16, 16, 3)
@@ -293,3 +295,23 @@ def test_a_folder_of_large_images_is_read_per_example(tmp_path):
   resumed = next(data.train_iterator(info, global_batch_size=4, seed=3, start_step=4))
   np.testing.assert_array_equal(resumed['image'], batches[4]['image'])
   np.testing.assert_array_equal(resumed['label'], batches[4]['label'])
+
+
+def test_imagenet_is_evaluated_on_its_labeled_validation_split():
+  # TFDS imagenet2012 5.x has a 'test' split whose labels are all -1: read first, it would
+  # report about 0% top-1 without a word.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with tfds.testing.mock_data(num_examples=4):
+    info = data.get_info(_cfg(dataset='imagenet2012'))
+  assert set(info.num_examples) == {'train', 'validation', 'test'}
+  assert info.eval_split == 'validation'
+
+
+def test_an_unlabeled_eval_split_raises(tmp_path):
+  _make_folder(tmp_path)
+  info = data.get_info(_cfg(dataset=f'folder:{tmp_path}'))
+  source = data.InMemorySource(info, 'test')
+  source.labels = np.full_like(source.labels, -1)
+  with pytest.raises(ValueError, match=r"split 'test' has unlabeled examples \(label -1\); "
+                                       r"evaluate on a labeled split with config\.eval_split"):
+    list(data.eval_iterator(info, global_batch_size=4, source=source))

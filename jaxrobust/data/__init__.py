@@ -109,14 +109,15 @@ def _folder_builder(path):
 
 
 def _folder_default_size(builder, split) -> int:
-  """32 for a folder of small images (CIFAR-like, <= 64 px), else 224 (ImageNet-like), judged by
-  the first file: a folder of ImageNet JPEGs must not be squeezed to 32 x 32 unasked."""
+  """The first file's size for a folder of small images (CIFAR-like, <= 64 px: 32 for CIFAR, 64
+  for Tiny-ImageNet), else 224 (ImageNet-like): no folder is squeezed or blown up unasked."""
   tf = _tf()
   examples = builder._split_examples[split]  # pylint: disable=protected-access
   first = min(e.image_path for e in examples)
   shape = tf.io.extract_jpeg_shape(tf.io.read_file(first)) if first.lower().endswith(
       ('.jpg', '.jpeg')) else tf.shape(tf.io.decode_image(tf.io.read_file(first)))
-  return 32 if max(int(shape[0]), int(shape[1])) <= 64 else 224
+  side = max(int(shape[0]), int(shape[1]))
+  return side if side <= 64 else 224
 
 
 def _find_unreadable(path, split):
@@ -215,17 +216,22 @@ def get_info(config) -> DatasetInfo:
   return info
 
 
-def _pick_splits(config, splits: dict, where: str) -> tuple[str, str]:
-  """``(train_split, eval_split)``: the config's, else 'train' and the first of test/validation/val.
+# TFDS datasets whose 'test' split is unlabeled (imagenet2012 5.x: every label -1), so their
+# default eval split is 'validation'.
+UNLABELED_TEST_SPLIT = ('imagenet2012',)
+
+
+def _pick_splits(config, splits: dict, where: str,
+                 order: tuple[str, ...] = ('test', 'validation', 'val')) -> tuple[str, str]:
+  """``(train_split, eval_split)``: the config's, else 'train' and the first of ``order``.
 
   No fallback to a split of the other role: evaluating on the training split (or training on the
   test split) would report numbers that mean something else. Naming one is the user's choice.
   """
   train_split = config.get('train_split', '') or 'train'
-  eval_split = config.get('eval_split', '') or next(
-      (s for s in ('test', 'validation', 'val') if s in splits), None)
+  eval_split = config.get('eval_split', '') or next((s for s in order if s in splits), None)
   if eval_split is None:
-    raise ValueError(f'{where} has no evaluation split (looked for test, validation, val); it has '
+    raise ValueError(f'{where} has no evaluation split (looked for {", ".join(order)}); it has '
                      f'{sorted(splits)}. Add one, or name one with config.eval_split.')
   for key, s in (('train_split', train_split), ('eval_split', eval_split)):
     if s not in splits:
@@ -253,7 +259,9 @@ def _tfds_info(config, name, size) -> DatasetInfo:
       name, config.get('data_dir') or None)
   if not splits:
     raise ValueError(f'TFDS dataset {name!r} has no readable splits.')
-  train_split, eval_split = _pick_splits(config, splits, f'TFDS dataset {name!r}')
+  order = (('validation', 'val') if base.startswith(UNLABELED_TEST_SPLIT) else
+           ('test', 'validation', 'val'))
+  train_split, eval_split = _pick_splits(config, splits, f'TFDS dataset {name!r}', order)
   mean, std = (IMAGENET_MEAN, IMAGENET_STD)
   augment = 'imagenet' if big else 'crop' if base in DIGIT_DATASETS else 'cifar'
   return DatasetInfo(name, 'tfds', num_classes, (size, size, c), splits, train_split, eval_split,
@@ -514,6 +522,10 @@ def eval_iterator(info: DatasetInfo, *, global_batch_size: int, split: Optional[
   for images, labels in ds.as_numpy_iterator():
     if produced == num_batches:
       break
+    if labels.size and labels.min() < 0:  # scored as wrong, it would read as ~0% accuracy
+      raise ValueError(f'{info.name} split {split!r} has unlabeled examples (label '
+                       f'{int(labels.min())}); evaluate on a labeled split with '
+                       f'config.eval_split (it has {sorted(info.num_examples)}).')
     pad = local - len(labels)
     yield {'image': np.pad(images, ((0, pad), (0, 0), (0, 0), (0, 0))),
            'label': np.pad(labels, (0, pad)),
