@@ -15,7 +15,7 @@ Its numeric generator settings are in appendices that the supplied text does not
 * Fine-tuning schedule as configs/gnt_imagenet.py (our choice).
 
     python -m jaxrobust.main --config=configs/ant_imagenet.py --workdir=/tmp/ant_r50 \
-      --config.init_from=/tmp/vanilla_r50
+      --config.init_from=/tmp/vanilla_r50      # trained with configs/vanilla_imagenet.py
 """
 
 from configs import default

@@ -10,7 +10,7 @@ severities; 75.8% / 46.4%).
 The paper's fine-tuning schedule is in its appendix, which the supplied text does not contain:
 SGD (momentum 0.9, weight decay 1e-4, batch 256) at 1/10 of the from-scratch learning rate,
 cosine over 30 epochs, is our choice. Start from a vanilla ResNet-50 run (params and BN
-statistics; a fresh optimizer):
+statistics; a fresh optimizer), e.g. ``configs/vanilla_imagenet.py``'s:
 
     python -m jaxrobust.main --config=configs/gnt_imagenet.py --workdir=/tmp/gnt_r50 \
       --config.init_from=/tmp/vanilla_r50
