@@ -5,8 +5,16 @@ import pathlib
 from setuptools import find_packages, setup
 
 here = pathlib.Path(__file__).parent
-requirements = [line.strip() for line in (here / 'requirements.txt').read_text().splitlines()
-                if line.strip() and not line.startswith('#')]
+# requirements.txt pins the tested CPU versions; installed as a package, jaxrobust asks only for
+# those versions or newer, so `pip install -e .` keeps a runtime's own JAX build (CUDA, TPU,
+# Colab's) instead of replacing it with the CPU pin. TensorFlow (for tf.data) is left to
+# requirements.txt's tensorflow-cpu or the runtime's own tensorflow: either provides the module,
+# and installing one over the other breaks both.
+requirements = []
+for line in (here / 'requirements.txt').read_text().splitlines():
+  line = line.split('#')[0].strip()
+  if line and not line.startswith('tensorflow-cpu'):
+    requirements.append(line.replace('==', '>='))
 
 setup(
     name='jaxrobust',

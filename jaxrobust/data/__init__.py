@@ -36,7 +36,11 @@ KNOWN_TFDS = ('cifar10', 'cifar100', 'imagenet2012', 'svhn_cropped', 'mnist', 'f
 
 
 def _tf():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError as e:  # setup.py leaves TF to requirements.txt or the runtime (Colab's)
+    raise ImportError('The input pipeline (tf.data) needs TensorFlow: pip install -r '
+                      'requirements.txt (tensorflow-cpu), or any tensorflow build.') from e
   # TF must not grab accelerator memory that JAX needs.
   try:
     tf.config.set_visible_devices([], 'GPU')
