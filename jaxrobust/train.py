@@ -259,6 +259,20 @@ class MetricsLog:
       with self.path.open('a') as f:
         f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
 
+  def has(self, step: int, kind: str) -> bool:
+    """Whether ``metrics.jsonl`` already holds a ``kind`` row at ``step`` (read by every process:
+    the workdir is shared)."""
+    if not self.path.exists():
+      return False
+    for line in self.path.read_text().splitlines():
+      try:
+        row = json.loads(line)
+      except ValueError:  # a line cut short by a kill
+        continue
+      if row.get('step') == step and row.get('kind') == kind:
+        return True
+    return False
+
   def close(self):
     self.writer.flush()
     self.writer.close()
@@ -380,15 +394,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = restored
     logging.info('Resumed from the checkpoint at step %d.', restored_step)
   elif config.get('init_from', ''):
-    state = _init_from(config.init_from, state)
+    try:
+      state = _init_from(config.init_from, state)
+    except Exception:
+      ckpt.close()
+      raise
   start_step = int(jax.device_get(state.step))
   earlier = _totals_before(workdir, start_step)
 
   train_step = make_train_step(method, config, mesh)
   eval_steps = {d: clean.make_eval_step(model, mesh, domain=d) for d in method.eval_domains()}
-  log = MetricsLog(workdir)
-  # multi-process runs agree on a stop every 10 steps, keeping the collective off most steps
-  preemption = checkpointing.PreemptionHandler(sync_every_steps=10)
   hooks = method.hooks()
   eval_batch_size = parallel.eval_batch_size(config.eval_batch_size, mesh)
 
@@ -439,7 +454,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_results = {}
   stopped_by = None
   step = start_step
+  # Opened last, right before the try that closes them: signal handlers replaced by a run that
+  # failed to start would leave a notebook's Ctrl-C only logging "will save a checkpoint".
+  log = MetricsLog(workdir)
+  # multi-process runs agree on a stop every 10 steps, keeping the collective off most steps
+  preemption = checkpointing.PreemptionHandler(sync_every_steps=10)
   try:
+    if 0 < start_step < total_steps and start_step % eval_every == 0 and not log.has(
+        start_step, 'eval'):
+      # a stop that landed on an evaluation step saved before evaluating (its grace period is
+      # short): the resumed run owes that evaluation
+      eval_results = run_eval(start_step)
     for step in range(start_step, total_steps):
       state, metrics = train_step(state, parallel.shard_batch(next(batches), mesh))
       pending.append((step, metrics))

@@ -256,6 +256,33 @@ def test_a_stop_request_finds_at_most_max_steps_in_flight_unfinished(tmp_path, m
     train.validate_config(tiny_config(max_steps_in_flight=0))
 
 
+def test_an_evaluation_cut_by_a_stop_is_run_on_resume(tmp_path, monkeypatch):
+  """A stop at an evaluation step saves and exits before evaluating; the resumed run owes it."""
+  should_stop = checkpointing.PreemptionHandler.should_stop
+  calls = []
+
+  def stop_at_the_eval_step(handler):
+    calls.append(1)
+    if len(calls) == 11:  # eval_every_epochs=0.5 of 22 steps: step 11 is an evaluation step
+      handler.request_stop()
+    return should_stop(handler)
+
+  config = tiny_config(eval_every_epochs=0.5, max_eval_examples=64)
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpointing.PreemptionHandler, 'should_stop', stop_at_the_eval_step)
+    _, results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['stopped_by'] == 'stop request' and results['step'] == 11
+
+  def evals():
+    rows = [json.loads(line) for line in open(tmp_path / 'metrics.jsonl')]
+    return [r['step'] for r in rows if r['kind'] == 'eval']
+  assert evals() == []
+  _, results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['step'] == 22 and evals() == [11, 22]
+  train.train_and_evaluate(config, str(tmp_path))  # finished: nothing owed, nothing repeated
+  assert evals() == [11, 22, 22]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
