@@ -370,3 +370,13 @@ def test_digits_end_to_end(tmp_path):
   assert all(0.0 <= v <= 1.0 for r in res.values() for v in r[3].values())
   with pytest.raises(ValueError, match='with_method=True'):
     auxtrain_heads.primary_and_head_accuracy(runner.load_run(str(tmp_path)))
+  # Under batch statistics a padded batch is skipped: 40 images in batches of 32 score the
+  # first batch only, as 32 images do; under running statistics the 8 more count.
+  run.config.eval_batch_size = 32
+  r40, r32 = (auxtrain_heads.primary_and_head_accuracy(run, severities=(3,), max_examples=n)
+              for n in (40, 32))
+  for name in res:
+    assert r40[name][3]['primary_batch'] == r32[name][3]['primary_batch']
+    assert r40[name][3]['head_batch'] == r32[name][3]['head_batch']
+  with pytest.raises(ValueError, match='Every eval batch has padding'):
+    auxtrain_heads.primary_and_head_accuracy(run, severities=(3,), max_examples=20)

@@ -275,6 +275,14 @@ def test_subnet_analysis_full_masks_reproduce_the_full_network():
   assert all(0.0 <= a <= 1.0 for a in vul['accuracy'])
   summary = subnet_analysis.summarize(res)
   assert summary['subnet_accuracy_mean'] == pytest.approx(res['full_accuracy'])
+  assert 'full_batch_accuracy' not in res
+  # Under batch statistics the all-ones subnets are the full network under batch statistics,
+  # reported beside it (its running-statistics figure stays the deployed network's).
+  res = subnet_analysis.evaluate_subnets(m.model, state.params, state.batch_stats, batches, mesh,
+                                         full, bn='batch', chunk_size=2)
+  np.testing.assert_allclose(res['accuracy'], res['full_batch_accuracy'], atol=1e-6)
+  np.testing.assert_allclose(res['confidence'], res['full_batch_confidence'], rtol=1e-5)
+  assert subnet_analysis.summarize(res)['full_batch_accuracy'] == res['full_batch_accuracy']
   with pytest.raises(ValueError, match='mode'):
     subnet_analysis.block_vulnerability(m.model, state.params, state.batch_stats, list, mesh,
                                         space=m.space, mode='all')

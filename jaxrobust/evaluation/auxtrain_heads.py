@@ -43,8 +43,9 @@ def primary_and_head_accuracy(run: runner.Run, severities: Optional[Sequence[int
     run: an Auxiliary Training run from ``runner.load_run(workdir, with_method=True)``.
     severities: severities to score (default: each head's training severity).
     max_examples: test images (None = the whole split); every corruption sees the same ones.
-      Batch statistics are those of each eval batch, padding included: pick a multiple of the
-      eval batch size (the 10,000 CIFAR-10 test images are 20 batches of 500).
+      Batch statistics are those of each eval batch, so under them a batch with padding is
+      skipped (ValueError if every batch has some): pick a multiple of the eval batch size (the
+      10,000 CIFAR-10 test images are 20 batches of 500).
     seed: corruption noise seed (``fold_in`` with the batch index).
 
   Returns:
@@ -80,12 +81,22 @@ def primary_and_head_accuracy(run: runner.Run, severities: Optional[Sequence[int
   # One pass over the split, as runner.corruption_suite: each batch is scored under every case
   # while it is on device, and the counts are summed there and fetched once.
   totals = {(name, sev, tag): 0 for _, name, sev, _ in cases for _, tag in modes}
+  full_batches = 0
   for i, b in enumerate(run.batches(max_examples)):
     rng = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    full = bool(np.all(np.asarray(b['mask'])))  # batch statistics must not see padding
+    full_batches += full
     for j, name, sev, corrupt in cases:
       x = corrupt(b['image'], rng=rng)
       for mode, tag in modes:
+        if mode and not full:
+          continue
         totals[name, sev, tag] += jnp.stack(counts(x, b['label'], b['mask'], j, mode))
+  if not full_batches:
+    raise ValueError(f'Every eval batch has padding (max_examples={max_examples}, eval batch '
+                     f'{run.config.eval_batch_size} on {run.mesh.devices.size} devices), so none '
+                     f'can be scored under batch statistics; pick max_examples a multiple of the '
+                     f'eval batch size.')
   out = {}
   for _, name, sev, _ in cases:
     res = {}

@@ -16,8 +16,10 @@
 the batch statistics of its own activations (as EWS trains subnets; the full network's running
 statistics do not describe a subnet's activations). Use large evaluation batches (e.g. 500), and
 note that in this mode a padded final batch is skipped (its padding would enter the statistics).
-``bn='running'`` uses the ``'main'`` running statistics. The full network is always evaluated
-with its running statistics (as deployed). Perturbations never change statistics; PGD runs on
+``bn='running'`` uses the ``'main'`` running statistics. The full network is evaluated with its
+running statistics (as deployed, the stars of the figure) and, under ``bn='batch'``, also with
+the batch statistics the subnets use (``full_batch_accuracy``): on corrupted images batch
+statistics adapt to the shift, so that is the like-for-like reference for the subnets. Perturbations never change statistics; PGD runs on
 the full network in eval mode.
 
 Command line (restores trained runs from their workdirs; writes JSON and a box plot)::
@@ -31,6 +33,7 @@ Runs that trained an EWS controller also report the controller's subnets next to
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import os
@@ -115,8 +118,12 @@ def _steps(model, mesh, bn: str, perturbation: Optional[Perturbation]):
   def full(params, batch_stats, x, y, w):
     logits, _ = apply_model(model, params, batch_stats, x, train=False, domain=MAIN)
     conf, correct = _sums(logits, y, w)
-    return jax.lax.psum({'confidence': conf, 'correct': correct, 'count': jnp.sum(w)},
-                        parallel.AXIS)
+    sums = {'confidence': conf, 'correct': correct, 'count': jnp.sum(w)}
+    if bn == 'batch':  # the full network under the subnets' statistics too, for a like comparison
+      logits, _ = apply_model(model, params, batch_stats, x, train=True, domain=MAIN,
+                              update_stats=False, dropout=False)
+      sums['confidence_batch'], sums['correct_batch'] = _sums(logits, y, w)
+    return jax.lax.psum(sums, parallel.AXIS)
 
   def subnets(params, batch_stats, x, y, w, masks):
     def one(m):
@@ -166,7 +173,9 @@ def evaluate_subnets(model, params, batch_stats: dict, batches: Iterable[dict], 
     chunk_size: subnets per compiled call.
 
   Returns:
-    ``{'confidence': [N], 'accuracy': [N], 'full_confidence', 'full_accuracy', 'count'}``.
+    ``{'confidence': [N], 'accuracy': [N], 'full_confidence', 'full_accuracy', 'count'}``, and
+    with ``bn='batch'`` ``'full_batch_confidence', 'full_batch_accuracy'`` (the full network
+    under batch statistics).
 
   Raises:
     ValueError: nothing was evaluated (with ``bn='batch'``, padded batches are skipped, with a
@@ -177,7 +186,7 @@ def evaluate_subnets(model, params, batch_stats: dict, batches: Iterable[dict], 
   rng = jax.random.key(0) if rng is None else rng
   n = _num(masks)
   conf, correct = np.zeros(n), np.zeros(n)
-  full = {'confidence': 0.0, 'correct': 0.0, 'count': 0.0}
+  full = collections.defaultdict(float)
   skipped = 0
   for i, batch in enumerate(batches):
     mask = np.asarray(batch.get('mask', np.ones(len(batch['label']), np.float32)))
@@ -206,9 +215,13 @@ def evaluate_subnets(model, params, batch_stats: dict, batches: Iterable[dict], 
             "that fills at least one evaluation batch, or bn='running'." if skipped else
             'the batches were empty.'))
   count = full['count']
-  return {'confidence': conf / count, 'accuracy': correct / count,
-          'full_confidence': full['confidence'] / count, 'full_accuracy': full['correct'] / count,
-          'count': int(full['count'])}
+  out = {'confidence': conf / count, 'accuracy': correct / count,
+         'full_confidence': full['confidence'] / count, 'full_accuracy': full['correct'] / count,
+         'count': int(full['count'])}
+  if bn == 'batch':
+    out.update(full_batch_confidence=full['confidence_batch'] / count,
+               full_batch_accuracy=full['correct_batch'] / count)
+  return out
 
 
 def confidence_distribution(model, params, batch_stats: dict, make_batches: Callable[[], Iterable],
@@ -278,8 +291,10 @@ def block_vulnerability(model, params, batch_stats: dict, make_batches: Callable
 
 def summarize(result: Mapping[str, Any]) -> dict:
   """Mean / median / quartiles of subnet accuracy and confidence, and the full network's."""
-  out = {'full_accuracy': float(result['full_accuracy']),
-         'full_confidence': float(result['full_confidence']), 'count': int(result['count'])}
+  out = {key: float(result[key]) for key in ('full_accuracy', 'full_confidence',
+                                             'full_batch_accuracy', 'full_batch_confidence')
+         if key in result}
+  out['count'] = int(result['count'])
   for key in ('accuracy', 'confidence'):
     v = np.asarray(result[key])
     out.update({f'subnet_{key}_mean': float(v.mean()), f'subnet_{key}_median': float(np.median(v)),
