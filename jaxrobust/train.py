@@ -503,6 +503,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         'command again to resume.', stopped_by, done)
         break
       if done % eval_every == 0 and done != total_steps:
+        if pending and config.get('nonfinite', 'stop') == 'stop':  # not yet checked: log first
+          pending = [(s, parallel.to_host(m)) for s, m in pending]
+          check_finite(pending)
         eval_results = run_eval(done)
     else:
       done = total_steps

@@ -518,6 +518,23 @@ def test_skipped_updates_leave_the_logged_means_finite(tmp_path, monkeypatch):
   assert train_rows and all(np.isfinite(r['loss']) for r in train_rows)
 
 
+def test_a_non_finite_state_is_caught_before_it_is_evaluated(tmp_path, monkeypatch):
+  """An evaluation step that is no log or checkpoint step checks the steps before it first."""
+  real = train.data.train_iterator
+
+  def poisoned(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+      yield dict(batch, image=np.full_like(batch['image'], np.nan)) if i == 2 else batch
+  monkeypatch.setattr(train.data, 'train_iterator', poisoned)
+  config = tiny_config(eval_every_epochs=0.2, log_every_steps=1000, checkpoint_every_steps=1000,
+                       max_eval_examples=64)  # evaluation every 4 steps; nothing else before 22
+  with pytest.raises(train.NonFiniteError, match='at step 3 '):
+    train.train_and_evaluate(config, str(tmp_path))
+  log = tmp_path / 'metrics.jsonl'  # written at the first row: none before the error
+  rows = [json.loads(line) for line in open(log)] if log.exists() else []
+  assert not [r for r in rows if r['kind'] == 'eval']
+
+
 def test_overflowing_update_with_finite_loss_is_flagged_and_skipped():
   """A finite loss with an overflowing update: 'finite' is 0 and 'skip' keeps the old state."""
   config = tiny_config(nonfinite='skip')
