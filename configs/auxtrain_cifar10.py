@@ -41,6 +41,7 @@ def add_auxtrain(c):
   # 210) but with a coefficient of 1 instead of Eq. 7's lambda * gamma = 0.05; with 0.05 the
   # longer period is what lets the FC layers actually converge to each other.
   c.auxtrain_merge_fraction = 200 / 300
+  c.auxtrain_merge_epoch = -1.0    # an epoch instead (e.g. 200.0); -1 = the fraction above
   c.auxtrain_temperature = 1.0     # KL of softmax outputs, no temperature (released code)
   c.auxtrain_bottleneck_ratio = 0.5  # head bottleneck C -> C/2 -> C (released code)
   # Table 9 ablations: each True in the full method.

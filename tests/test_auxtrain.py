@@ -230,6 +230,14 @@ def test_step_updates_running_statistics_from_clean_group_only(run):
   chex.assert_trees_all_close(after[MAIN], clean_stats[MAIN], rtol=1e-5, atol=1e-6)
 
 
+def test_weight_merging_can_start_at_a_configured_epoch():
+  # 5 steps per epoch: epoch 0.4 is step 2, whatever the fraction says
+  _, _, m, _, _ = _setup(auxtrain_merge_epoch=0.4)
+  assert m.merge_step == 2
+  np.testing.assert_array_equal([float(m.gamma_at(s)) for s in range(4)], [0, 0, 1, 1])
+  assert _setup()[2].merge_step == 5  # -1: the fraction (0.5 of 10 steps)
+
+
 def test_weight_merging_is_zero_before_switch_and_on_after(run):
   assert run['m'].merge_step == 5
   for i, (_, met) in enumerate(run['history']):
@@ -324,6 +332,7 @@ def test_adversarial_variant_crafts_through_dropout(base):
     (dict(auxtrain_alpha_aux=(0.1, 0.1, 0.1)), 'one per corruption'),
     (dict(auxtrain_merge_fraction=1.5), 'auxtrain_merge_fraction must be in \\[0, 1\\]'),
     (dict(auxtrain_merge_fraction=True), 'auxtrain_merge_fraction must be in .*got True'),
+    (dict(auxtrain_merge_epoch=2.0), r'auxtrain_merge_epoch must be -1 .* \[0, num_epochs=1.0\]'),
     (dict(auxtrain_temperature='2'), "auxtrain_temperature must be > 0, got '2'"),
     (dict(auxtrain_adversarial=True, auxtrain_attack='pgd_9000'), 'valid names'),
 ])

@@ -23,8 +23,10 @@ Algorithm (per step, on this device's shard x, y of b images):
    KL summed over classes and averaged over the batch (temperature 1, as in the released code),
    and the squared L2 distance over the FC layers' weights and biases. alpha_0 = 1,
    alpha_j = 0.05, lambda = 0.05, gamma_t = 0 in training period 1 and gamma = 1 from the step
-   ``round(auxtrain_merge_fraction * total_steps)`` on (period 2, Algorithm 1 lines 6-10; the
-   switch is a traced comparison with ``state.step``, so the step compiles once).
+   ``round(auxtrain_merge_fraction * total_steps)`` on, or from epoch ``auxtrain_merge_epoch``
+   when that is set (period 2, Algorithm 1 lines 6-10; the fraction, the configs' default, keeps
+   the paper's 200 of 300 epochs when a run is shortened; the switch is a traced comparison with
+   ``state.step``, so the step compiles once).
 4. Both the backbone (incl. the primary FC) and the heads are updated with the run's optimizer
    (``ctx.tx``; the heads and their optimizer state live in ``state.extras``); gradients are
    ``pmean``-ed over devices.
@@ -85,7 +87,8 @@ DEFAULTS = {
     'auxtrain_alpha_aux': 0.05,        # alpha_j, j != 0: a float or one value per corruption
     'auxtrain_lambda': 0.05,           # lambda (Eq. 7)
     'auxtrain_gamma': 1.0,             # gamma in period 2 (Eq. 6; 0 in period 1)
-    'auxtrain_merge_fraction': 2 / 3,  # period 2 starts after this fraction of the steps
+    'auxtrain_merge_fraction': 2 / 3,  # period 2 starts after this fraction of the steps,
+    'auxtrain_merge_epoch': -1.0,      # or at this epoch when >= 0 (-1: use the fraction)
     'auxtrain_temperature': 1.0,       # distillation temperature (1 in the released code)
     'auxtrain_bottleneck_ratio': 0.5,  # head bottleneck width / feature channels
     # Ablations of Table 9.
@@ -180,6 +183,11 @@ class AuxTrain(Method):
       raise ValueError(f'auxtrain_merge_fraction must be in [0, 1] (fraction of the run after '
                        f'which weight merging starts; 1 = never), got '
                        f'{self._cfg("auxtrain_merge_fraction")!r}.')
+    merge_epoch = number('auxtrain_merge_epoch')
+    if merge_epoch != -1 and not 0.0 <= merge_epoch <= float(self.config.num_epochs):
+      raise ValueError(f'auxtrain_merge_epoch must be -1 (use auxtrain_merge_fraction) or an epoch '
+                       f'in [0, num_epochs={self.config.num_epochs}], got '
+                       f'{self._cfg("auxtrain_merge_epoch")!r}.')
     if not number('auxtrain_temperature') > 0:
       raise ValueError(f'auxtrain_temperature must be > 0, got '
                        f'{self._cfg("auxtrain_temperature")!r}.')
@@ -208,6 +216,9 @@ class AuxTrain(Method):
   @property
   def merge_step(self) -> int:
     """First step of training period 2 (gamma switched on)."""
+    epoch = float(self._cfg('auxtrain_merge_epoch'))
+    if epoch >= 0:
+      return int(round(epoch * self.ctx.steps_per_epoch))
     return int(round(float(self._cfg('auxtrain_merge_fraction')) * self.ctx.total_steps))
 
   def gamma_at(self, step):
