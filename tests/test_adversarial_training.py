@@ -103,13 +103,33 @@ def test_crafting_in_ball_and_box_and_stronger(method):
   delta = np.abs(np.asarray(x_adv) - batch['image'])
   assert delta.max() <= 8 / 255 + 1e-6 and delta.max() > 4 / 255
   assert float(x_adv.min()) >= 0.0 and float(x_adv.max()) <= 1.0
-  # The attack increases its objective over the clean point.
+  # The attack raises its objective well beyond what random points of the ball reach (a random
+  # start alone would pass a comparison with the clean point).
   fn = at.make_logits_fn(model, host.params, host.batch_stats, bn_mode=m.craft_bn)
   if method == 'pgd_at':
-    ce = lambda z: _np_ce(fn(z), batch['label']).mean()
-    assert ce(x_adv) > ce(x)
+    objective = lambda z: float(_np_ce(fn(z), batch['label']).mean())
   else:
-    assert float(at.trades_kl(fn(x), fn(x_adv))) > 1e-4
+    objective = lambda z: float(at.trades_kl(fn(x), fn(z)))
+  randoms = [jnp.clip(x + jax.random.uniform(jax.random.key(s), x.shape, minval=-8 / 255,
+                                             maxval=8 / 255), 0.0, 1.0) for s in range(5)]
+  best_random = max(objective(r) for r in randoms)
+  if method == 'pgd_at':
+    assert objective(x_adv) > max(best_random, objective(x)) + 0.1
+  else:
+    assert objective(x_adv) > 10 * best_random and objective(x_adv) > 1e-3
+
+
+def test_trades_step_adds_beta_times_the_kl():
+  """eps = 8/255: loss = CE(f(x), y) + 6 KL(p(x) || p(x')), with a KL that is not 0."""
+  config, mesh, m, model, state = _setup('trades')
+  host = parallel.to_host(state)
+  batch = random_batch()
+  step = train.make_train_step(m, config, mesh)
+  _, metrics = step(parallel.replicate(host, mesh), parallel.shard_batch(batch, mesh))
+  logits, _ = models.apply_model(model, host.params, host.batch_stats, batch['image'], train=True)
+  ce, kl = _np_ce(logits, batch['label']).mean(), float(metrics['kl'])
+  assert kl > 1e-3
+  np.testing.assert_allclose(float(metrics['loss']), ce + 6.0 * kl, rtol=1e-4)
 
 
 @pytest.mark.parametrize('method,overrides,match', [

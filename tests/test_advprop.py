@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from jaxrobust import augmentations, methods, models, parallel, train
+from jaxrobust.evaluation import runner
 from jaxrobust.methods import adversarial_training as at
 from jaxrobust.methods import advprop as advprop_lib
 from tests.conftest import method_on_tiny_model, random_batch, tiny_config
@@ -34,6 +35,12 @@ def _ce(logits, labels):
 def test_eps0_loss_is_two_bn_loss_and_each_pass_updates_only_its_domain():
   config, mesh, m, model, state = _setup(advprop_attack='advprop_pgd1', advprop_eps=0.0)
   host = parallel.to_host(state)
+  # aux affine parameters unlike main's, so that the two loss terms (and a step that routed
+  # both through one BN) differ; at initialisation they are equal
+  def offset(path, p):
+    name = path[-1].key
+    return p * 1.5 if name == 'scale_aux' else p + 0.2 if name == 'bias_aux' else p
+  host = host.replace(params=jax.tree_util.tree_map_with_path(offset, host.params))
   m.train_step = chex.assert_max_traces(m.train_step, n=1)
   step = train.make_train_step(m, config, mesh)
   batch = random_batch()
@@ -45,8 +52,12 @@ def test_eps0_loss_is_two_bn_loss_and_each_pass_updates_only_its_domain():
   main_logits, main_expected = _updated(model, host.params, host.batch_stats, batch['image'],
                                         'main')
   aux_logits, aux_expected = _updated(model, host.params, host.batch_stats, batch['image'], 'aux')
+  assert abs(_ce(main_logits, batch['label']) - _ce(aux_logits, batch['label'])) > 1e-2
   expected_loss = _ce(main_logits, batch['label']) + _ce(aux_logits, batch['label'])
   np.testing.assert_allclose(float(metrics['loss']), expected_loss, rtol=1e-5)
+  # the aux affine parameters are trained (by the adversarial pass)
+  before_bn, after_bn = host.params['stem_bn'], parallel.to_host(new_state.params)['stem_bn']
+  assert not np.allclose(after_bn['scale_aux'], before_bn['scale_aux'])
   # Each domain saw exactly one update with its own pass: one more update (e.g. from crafting, or
   # the other pass writing here) would multiply the distinct initial statistics by 0.9 again.
   chex.assert_trees_all_close(after['main'], parallel.to_host(main_expected), rtol=1e-5, atol=1e-6)
@@ -239,5 +250,11 @@ def test_end_to_end_digits(tmp_path):
                        num_epochs=0.25, checkpoint_every_steps=0)
   state, results = train.train_and_evaluate(config, str(tmp_path))
   assert results['step'] == int(state.step) > 0
-  assert 0.0 <= results['eval_top1'] <= 1.0 and 0.0 <= results['eval_aux_top1'] <= 1.0
   assert set(state.batch_stats) == {'main', 'aux'}
+  # The aux-BN evaluation (Table 3) is the saved run evaluated through its aux BN, and it is
+  # another network than the main-BN one.
+  for domain, prefix in (('main', 'eval_'), ('aux', 'eval_aux_')):
+    clean = runner.clean_suite(runner.load_run(str(tmp_path), domain=domain))
+    assert clean['top1'] == pytest.approx(results[f'{prefix}top1'])
+    assert clean['loss'] == pytest.approx(results[f'{prefix}loss'], rel=1e-5)
+  assert results['eval_aux_loss'] != results['eval_loss']

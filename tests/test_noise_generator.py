@@ -1,5 +1,6 @@
 """Tests for the ANT noise generator and the clipping-aware L2 rescaling."""
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -214,5 +215,5 @@ def test_generate_noise_norm_and_gradients_reach_every_layer():
   for leaf in jax.tree.leaves(grads):
     assert np.all(np.isfinite(np.asarray(leaf))) and np.abs(np.asarray(leaf)).max() > 0
   # Parameters of the 3x3 generator cannot silently run through the default 1x1 module.
-  with pytest.raises(Exception):
+  with pytest.raises(flax.errors.ScopeParamShapeError, match='shape'):
     generate_noise(params, jax.random.key(4), x, eps)
