@@ -156,3 +156,27 @@ def test_padding_mask_excludes_padded_examples():
   others = heat[np.isfinite(heat)].tolist()
   others.remove(heat[dc])
   assert max(others) == 0.0
+
+
+def test_a_batch_sharded_over_devices_stays_sharded_and_counts_the_same():
+  """Each device runs the model on its own images only (no gathered batch), with the counts of
+  the same batch on one device."""
+  from jaxrobust import models, parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(jax.devices()[:4])
+  model = models.create_model('resnet_tiny', num_classes=10)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False)
+  predict = jax.tree_util.Partial(lambda v, x: model.apply(v, x, train=False), variables)
+  rng = np.random.default_rng(0)
+  x_host = rng.uniform(size=(16, 8, 8, 3)).astype(np.float32)
+  y_host = rng.integers(0, 10, 16).astype(np.int32)
+  x, y = parallel.shard_batch(x_host, mesh), parallel.shard_batch(y_host, mesh)
+  positions = jnp.asarray(F.all_frequencies(8, 8, 1)[:6])
+  sharding = x.sharding
+  counts = jax.jit(lambda x, y: F.fourier_error_counts(predict, x, y, jax.random.key(1),
+                                                       positions, chunk_size=4,
+                                                       sharding=sharding))
+  hlo = counts.lower(x, y).compile().as_text()
+  assert 'all-gather' not in hlo
+  np.testing.assert_array_equal(
+      counts(x, y), F.fourier_error_counts(predict, jnp.asarray(x_host), jnp.asarray(y_host),
+                                           jax.random.key(1), positions, chunk_size=4))

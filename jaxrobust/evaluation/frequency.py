@@ -141,11 +141,12 @@ def perturb_with_basis(x: jax.Array, basis: jax.Array, norm: float, rng: jax.Arr
 
 def fourier_error_counts(predict_fn: PredictFn, x: jax.Array, y: jax.Array, rng: jax.Array,
                          positions: jax.Array, *, norm: float = DEFAULT_NORMS['cifar'],
-                         chunk_size: int = 8, mask: jax.Array | None = None) -> jax.Array:
+                         chunk_size: int = 8, mask: jax.Array | None = None,
+                         sharding: jax.sharding.Sharding | None = None) -> jax.Array:
   """Number of misclassified images for each requested frequency. Jittable.
 
-  Frequencies are processed with ``lax.map`` in chunks of ``chunk_size``
-  (vmapped inside a chunk, scanned across chunks), so peak memory is about
+  Frequencies are processed in chunks of ``chunk_size`` (one forward pass over the chunk's
+  perturbed copies, stacked image-major; a ``lax.scan`` across chunks), so peak memory is about
   ``chunk_size`` perturbed copies of the batch.
 
   Args:
@@ -157,6 +158,9 @@ def fourier_error_counts(predict_fn: PredictFn, x: jax.Array, y: jax.Array, rng:
     norm: v ([0, 1] units, per channel).
     chunk_size: frequencies evaluated together.
     mask: optional [B] weights; examples with 0 (padding) are not counted.
+    sharding: the batch's sharding (e.g. over the devices of a mesh); every perturbed copy is
+      kept in it, else XLA gathers the whole batch onto every device and each runs the model on
+      all of it.
 
   Returns:
     [F] int32 error counts.
@@ -166,15 +170,32 @@ def fourier_error_counts(predict_fn: PredictFn, x: jax.Array, y: jax.Array, rng:
   positions = jnp.asarray(positions, jnp.int32)
   keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(positions.shape[0]))
 
-  def one(args):
-    pos, key = args
+  def perturbed(pos, key):
     k, l = shifted_to_frequency(pos[0], pos[1], h, w)
-    x_pert = perturb_with_basis(x, fourier_basis(k, l, h, w), norm, key)
-    wrong = (jnp.argmax(predict_fn(x_pert), axis=-1) != y) & valid
-    return jnp.sum(wrong.astype(jnp.int32))
+    return perturb_with_basis(x, fourier_basis(k, l, h, w), norm, key)
 
-  counts = jax.lax.map(one, (positions, keys), batch_size=chunk_size)
-  return jax.lax.stop_gradient(counts)
+  def chunk(_, args):
+    # One forward pass over the chunk's copies, stacked image-major ([B * n]): the batch axis
+    # stays the leading one, so a batch sharded over devices stays sharded (frequency-major
+    # stacking would make XLA gather the whole batch onto every device).
+    pos, key = args
+    x_pert = jnp.moveaxis(jax.vmap(perturbed)(pos, key), 0, 1)  # [B, n, H, W, C]
+    n = x_pert.shape[1]
+    x_pert = x_pert.reshape((b * n,) + x_pert.shape[2:])
+    if sharding is not None:
+      x_pert = jax.lax.with_sharding_constraint(x_pert, sharding)
+    pred = jnp.argmax(predict_fn(x_pert), axis=-1).reshape(b, n)
+    wrong = (pred != y[:, None]) & valid[:, None]
+    return None, jnp.sum(wrong.astype(jnp.int32), axis=0)
+
+  f = positions.shape[0]
+  size = min(int(chunk_size), f)
+  pad = -f % size  # the last chunk is filled with repeats of the last frequency, then dropped
+  positions = jnp.concatenate([positions, jnp.repeat(positions[-1:], pad, 0)])
+  keys = jnp.concatenate([keys, jnp.repeat(keys[-1:], pad, 0)])
+  _, counts = jax.lax.scan(chunk, None, (positions.reshape(-1, size, 2),
+                                         keys.reshape((-1, size) + keys.shape[1:])))
+  return jax.lax.stop_gradient(counts.reshape(-1)[:f])
 
 
 def fourier_heat_map(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Array, *,
@@ -223,9 +244,7 @@ def fourier_heat_map(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arr
 
   # predict_fn is an argument of both programs, so weights bound in a Partial stay inputs
   fn = as_argument(predict_fn)
-  count_fn = functools.partial(jax.jit(
-      lambda f, x, y, key, pos, valid: fourier_error_counts(
-          f, x, y, key, pos, norm=norm, chunk_size=int(chunk_size), mask=valid)), fn)
+  count_fn = None
   clean_fn = functools.partial(jax.jit(
       lambda f, x, y, valid: jnp.sum((jnp.argmax(f(x), -1) != y) & valid)), fn)
 
@@ -257,6 +276,12 @@ def fourier_heat_map(predict_fn: PredictFn, batches: Iterable[Any], rng: jax.Arr
         eval_pos, inverse = req, np.arange(req.shape[0])
     elif x.shape[1:3] != (h, w):
       raise ValueError(f'all batches must share one image size: got {x.shape[1:3]} after {(h, w)}')
+    if count_fn is None:  # perturbed copies keep the batch's sharding (one device: none)
+      sharding = x.sharding if len(x.sharding.device_set) > 1 else None
+      count_fn = functools.partial(jax.jit(
+          lambda f, x, y, key, pos, valid: fourier_error_counts(
+              f, x, y, key, pos, norm=norm, chunk_size=int(chunk_size), mask=valid,
+              sharding=sharding)), fn)
     c = np.asarray(count_fn(x, y, jax.random.fold_in(rng, i), jnp.asarray(eval_pos),
                             jnp.asarray(valid)))
     counts = c if counts is None else counts + c
