@@ -483,3 +483,18 @@ def test_224px_uses_imagenet_table():
   assert abs((noisy - GREY).std() / 0.08 - 1) < 0.05  # ImageNet sev. 1 (CIFAR's is 0.04)
   # ImageNet pixelate severity 5 keeps int(224 * 0.25) = 56 distinct rows.
   assert len(np.unique(pixelated[0].reshape(224, -1), axis=0)) <= 56
+
+
+def test_glass_blur_keeps_a_sharded_batch_on_its_devices():
+  # Its pixel shuffle gathered with a batch index made XLA all-reduce the whole batch on every
+  # device; a per-image gather needs no collective and gives the same images.
+  from jaxrobust import parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(jax.devices()[:4])
+  x = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype(np.float32)
+  corrupt = jax.jit(lambda im, rng: corruptions.corrupt(im, name='glass_blur', severity=3,
+                                                        rng=rng))
+  sharded = parallel.shard_batch(x, mesh)
+  hlo = corrupt.lower(sharded, jax.random.PRNGKey(1)).compile().as_text()
+  assert 'all-reduce' not in hlo and 'all-gather' not in hlo
+  np.testing.assert_array_equal(np.asarray(corrupt(sharded, jax.random.PRNGKey(1))),
+                                np.asarray(corrupt(x, jax.random.PRNGKey(1))))

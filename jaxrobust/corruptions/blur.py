@@ -119,7 +119,6 @@ def glass_blur(images, rng, severity, *, table=None):
   cols = jnp.arange(w)
   interior = (((rows > d) & (rows <= h - d))[:, None]
               & ((cols > d) & (cols <= w - d))[None, :])
-  batch_index = jnp.arange(b)[:, None, None]
   # Integer offsets uniform in [-d, d - 1] (from uniforms: ``randint``
   # compiles to a much larger program).
   u = jax.random.uniform(rng, (iterations, 2, b, h, w))
@@ -127,7 +126,9 @@ def glass_blur(images, rng, severity, *, table=None):
   for offsets in all_offsets:
     src_r = jnp.where(interior, rows[:, None] + offsets[0], rows[:, None])
     src_c = jnp.where(interior, cols[None, :] + offsets[1], cols[None, :])
-    x = x[batch_index, jnp.clip(src_r, 0, h - 1), jnp.clip(src_c, 0, w - 1)]
+    # a gather per image: indexing the batch axis too made XLA all-reduce the whole batch
+    x = jax.vmap(lambda im, r, c: im[r, c])(x, jnp.clip(src_r, 0, h - 1),
+                                             jnp.clip(src_c, 0, w - 1))
   return _common.finish(_ops.gaussian_filter(x, sigma, mode='edge'), images)
 
 

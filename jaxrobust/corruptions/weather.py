@@ -138,9 +138,10 @@ def frost_texture(rng, batch, height, width, channels, supersample=1):
   noise = special.ndtri(jnp.clip(0.5 * (u[0, :, :gh, :gw] + 1.0), 1e-7, 1 - 1e-7))[..., None]
   # Periodic correlation (the noise has no border), all directions at once.
   streaks = _ops.fft_correlate(noise, _line_kernels(length, _NEEDLE_DIRECTIONS))[..., 0, :]
-  decays = np.repeat(np.array([2.5, 2.0, 1.7]), batch)  # chosen by eye
-  maps = _ops.plasma_from_noise(u[1:].reshape(3 * batch, size, size), decays)
-  orientation, cover, haze = maps.reshape(3, batch, size, size)[:, :, :gh, :gw]
+  decays = np.tile(np.array([2.5, 2.0, 1.7]), batch)  # chosen by eye
+  # image-major ([batch * 3]): the batch axis stays leading, so a sharded batch stays sharded
+  maps = _ops.plasma_from_noise(jnp.moveaxis(u[1:], 0, 1).reshape(batch * 3, size, size), decays)
+  orientation, cover, haze = jnp.moveaxis(maps.reshape(batch, 3, size, size), 1, 0)[:, :, :gh, :gw]
   directions = jnp.arange(_NEEDLE_DIRECTIONS) * (np.pi / _NEEDLE_DIRECTIONS)
   weight = jnp.maximum(jnp.cos(2 * (2 * np.pi * orientation[..., None] - directions)), 0) ** 4
   weight = weight / weight.sum(axis=-1, keepdims=True)
