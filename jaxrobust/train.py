@@ -403,17 +403,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   earlier = _totals_before(workdir, start_step)
 
   train_step = make_train_step(method, config, mesh)
-  eval_steps = {d: clean.make_eval_step(model, mesh, domain=d) for d in method.eval_domains()}
+  eval_step = clean.make_eval_step(model, mesh, domains=tuple(method.eval_domains()))
   hooks = method.hooks()
   eval_batch_size = parallel.eval_batch_size(config.eval_batch_size, mesh)
 
   def run_eval(step):
     results = {}
-    for domain, eval_step in eval_steps.items():
-      batches = data.eval_iterator(info, global_batch_size=eval_batch_size,
-                                   source=eval_source, data_dir=data_dir,
-                                   max_examples=config.get('max_eval_examples') or None, **proc)
-      res = clean.evaluate(eval_step, state.params, state.batch_stats, batches, mesh)
+    batches = data.eval_iterator(info, global_batch_size=eval_batch_size, source=eval_source,
+                                 data_dir=data_dir,
+                                 max_examples=config.get('max_eval_examples') or None, **proc)
+    per_domain = clean.evaluate(eval_step, state.params, state.batch_stats, batches, mesh)
+    for domain in method.eval_domains():  # the headline domain first (pytrees sort dict keys)
+      res = per_domain[domain]
       prefix = '' if domain == models.MAIN else f'{domain}_'
       results.update({f'{prefix}{k}': v for k, v in res.items() if k != 'count'})
     log.write(step, 'eval', results)

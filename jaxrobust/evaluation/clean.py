@@ -1,6 +1,6 @@
 """Clean classification metrics (top-1, top-5, loss) on every device."""
 
-from typing import Iterable
+from typing import Iterable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,35 +12,50 @@ from jaxrobust import parallel
 from jaxrobust.models import MAIN, apply_model
 
 
-def make_eval_step(model, mesh, *, domain: str = MAIN):
+def make_eval_step(model, mesh, *, domain: str = MAIN, domains: Optional[Sequence[str]] = None):
   """``f(params, batch_stats, batch) -> sums`` of correct top-1/top-5, loss and count (psum-ed).
 
-  The model runs in eval mode with ``domain``'s running statistics; nothing is updated.
+  The model runs in eval mode with ``domain``'s running statistics; nothing is updated. With
+  ``domains`` the sums are ``{domain: sums}``, every domain scored on the same transferred batch
+  (a method evaluated with its main and auxiliary BatchNorm reads the eval split once).
   """
-  def body(params, batch_stats, batch):
+  def sums_of(params, batch_stats, batch, domain):
     logits, _ = apply_model(model, params, batch_stats, batch['image'], train=False, domain=domain)
     mask = batch['mask']
     labels = batch['label']
     k = min(5, logits.shape[-1])
     topk = jax.lax.top_k(logits, k)[1]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
-    sums = {'top1': jnp.sum((topk[:, 0] == labels) * mask),
+    return {'top1': jnp.sum((topk[:, 0] == labels) * mask),
             'top5': jnp.sum(jnp.any(topk == labels[:, None], axis=-1) * mask),
             'loss': jnp.sum(loss * mask), 'count': jnp.sum(mask)}
+
+  def body(params, batch_stats, batch):
+    if domains is None:
+      sums = sums_of(params, batch_stats, batch, domain)
+    else:
+      sums = {d: sums_of(params, batch_stats, batch, d) for d in domains}
     return jax.lax.psum(sums, parallel.AXIS)
   return parallel.spmd(body, mesh, in_specs=(P(), P(), P(parallel.AXIS)), out_specs=P())
 
 
 def evaluate(eval_step, params, batch_stats, batches: Iterable[dict], mesh) -> dict:
-  """Runs ``eval_step`` over host batches and returns top1/top5 accuracy, loss and count."""
+  """Runs ``eval_step`` over host batches and returns top1/top5 accuracy, loss and count
+  (``{domain: ...}`` for a step made with ``domains``)."""
   totals = None
   for batch in batches:
     sums = eval_step(params, batch_stats, parallel.shard_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = {k: float(v) for k, v in parallel.to_host(totals).items()}
-  n = max(totals['count'], 1.0)
-  return {'top1': totals['top1'] / n, 'top5': totals['top5'] / n, 'loss': totals['loss'] / n,
-          'count': int(totals['count'])}
+  totals = parallel.to_host(totals)
+
+  def metrics(t):
+    t = {k: float(v) for k, v in t.items()}
+    n = max(t['count'], 1.0)
+    return {'top1': t['top1'] / n, 'top5': t['top5'] / n, 'loss': t['loss'] / n,
+            'count': int(t['count'])}
+  if 'count' in totals:
+    return metrics(totals)
+  return {d: metrics(t) for d, t in totals.items()}
 
 
 def accuracy_np(logits: np.ndarray, labels: np.ndarray) -> float:
