@@ -157,8 +157,12 @@ def _count(logits, y, mask):
   return correct.astype(jnp.int32), jnp.sum(mask).astype(jnp.int32)
 
 
+@functools.lru_cache(maxsize=None)
 def _counts_fn():
-  """jit: (predict_fn, x, y, mask, rng) -> :func:`_count` (``rng`` unused: the attacks' shape)."""
+  """jit: (predict_fn, x, y, mask, rng) -> :func:`_count` (``rng`` unused: the attacks' shape).
+
+  One jitted function for every suite (the model comes in through ``predict_fn``), so suites
+  after the first reuse its compiled program."""
   @jax.jit
   def fn(predict_fn, x, y, mask, rng):
     del rng
