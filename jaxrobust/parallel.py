@@ -170,8 +170,12 @@ def spmd(fn: Callable, mesh, in_specs, out_specs, *, donate_argnums=(), static_a
 
 
 def to_host(tree) -> Any:
-  """Fetches (replicated or fully addressable) arrays as numpy."""
-  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+  """Fetches (replicated or fully addressable) arrays as numpy.
+
+  One ``device_get`` of the whole tree: it starts every copy before waiting for any, where a
+  fetch per leaf would wait for each in turn (a log step fetches 50 steps' metrics).
+  """
+  return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 class StepsInFlight:

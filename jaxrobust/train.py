@@ -278,6 +278,11 @@ class MetricsLog:
     self.writer.close()
 
 
+def _fetch(pending: list) -> list:
+  """``[(step, metrics)]`` with the metrics on the host, fetched in one transfer."""
+  return list(zip([s for s, _ in pending], parallel.to_host([m for _, m in pending])))
+
+
 def _format_eta(seconds: float) -> str:
   seconds = int(seconds)
   h, rem = divmod(seconds, 3600)
@@ -478,7 +483,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       at_ckpt = done % ckpt_every == 0
       stop = preemption.should_stop()
       if at_log or at_ckpt or stop:
-        pending = [(s, parallel.to_host(m)) for s, m in pending]
+        pending = _fetch(pending)
         if config.get('nonfinite', 'stop') == 'stop':
           check_finite(pending)
         applied = [m for _, m in pending if float(m['finite']) >= 1.0]
@@ -505,7 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         break
       if done % eval_every == 0 and done != total_steps:
         if pending and config.get('nonfinite', 'stop') == 'stop':  # not yet checked: log first
-          pending = [(s, parallel.to_host(m)) for s, m in pending]
+          pending = _fetch(pending)
           check_finite(pending)
         eval_results = run_eval(done)
     else:
