@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
@@ -96,7 +97,7 @@ def validate_config(config) -> None:
   _check_number(config, 'max_steps_in_flight', low=1, integer=True)
   _check_number(config, 'keep_checkpoints', low=1, integer=True)
   # numpy's permutation seeds are >= 0; jax.random.PRNGKey keeps 32 bits (2**32 would be 0)
-  _check_number(config, 'seed', low=0, high=2**31, high_open=True, integer=True)
+  _check_number(config, 'seed', low=0, high=2**32, high_open=True, integer=True)
   boundaries = config.get('lr_boundaries', ()) or ()
   if any(isinstance(b, bool) or not isinstance(b, (int, float)) or b < 0 for b in boundaries):
     raise ValueError(f'lr_boundaries={tuple(boundaries)!r}: allowed a tuple of epochs >= 0.')
@@ -134,14 +135,14 @@ def build(config, mesh=None):
   steps_per_epoch = n_train // config.batch_size
   if steps_per_epoch == 0:
     raise ValueError(f'batch_size={config.batch_size} exceeds the {n_train} training examples.')
+  one_step = f'1/{steps_per_epoch} (one step)'
   if int(config.num_epochs * steps_per_epoch) < 1:
     raise ValueError(f'num_epochs={config.num_epochs!r} is less than one step ({steps_per_epoch} '
-                     f'steps per epoch); allowed: >= {1 / steps_per_epoch:.3g}.')
+                     f'steps per epoch); allowed: >= {one_step}.')
   eval_every = config.get('eval_every_epochs', 1) or 0
   if eval_every and int(eval_every * steps_per_epoch) < 1:
     raise ValueError(f'eval_every_epochs={eval_every!r} is less than one step ({steps_per_epoch} '
-                     f'steps per epoch); allowed: 0 (only at the end) or >= '
-                     f'{1 / steps_per_epoch:.3g}.')
+                     f'steps per epoch); allowed: 0 (only at the end) or >= {one_step}.')
   model = models.create_model(
       config.model, num_classes=info.num_classes, image_size=info.image_shape[0],
       affine_domains=method.affine_domains(),
@@ -223,12 +224,12 @@ def make_train_step(method, config, mesh):
     if skip_nonfinite:  # drop the update, keep counting steps
       kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state,
                           state.replace(step=state.step + 1))
-      # The optimizer's counters (its learning-rate schedule's) still advance, as a PyTorch
-      # scheduler steps past a skipped update: the schedule stays in step with ``state.step``.
-      opt_state = jax.tree.map(
-          lambda n, k: n if jnp.issubdtype(n.dtype, jnp.integer) else k,
-          new_state.opt_state, kept.opt_state)
-      new_state = kept.replace(opt_state=opt_state)
+      # Learning-rate schedules (the backbone's and any a method keeps in extras) still
+      # advance, as a PyTorch scheduler steps past a skipped update, so they stay in step with
+      # ``state.step``; the rest of the optimizer state (momenta, Adam's own count) is kept.
+      is_schedule = lambda t: isinstance(t, optax.ScaleByScheduleState)
+      new_state = jax.tree.map(lambda n, k: n if is_schedule(n) else k, new_state, kept,
+                               is_leaf=is_schedule)
     metrics['finite'] = finite.astype(jnp.float32)
     metrics['state_finite'] = state_finite.astype(jnp.float32)
     return new_state, metrics
@@ -276,6 +277,15 @@ class MetricsLog:
   def close(self):
     self.writer.flush()
     self.writer.close()
+
+
+def _agreed(decision: bool) -> bool:
+  """Process 0's ``decision``, on every process: a collective (an evaluation) must be entered by
+  all of them, and each reads shared files (e.g. ``metrics.jsonl``) on its own."""
+  if jax.process_count() == 1:
+    return decision
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(decision)))
 
 
 def _fetch(pending: list) -> list:
@@ -466,8 +476,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # multi-process runs agree on a stop every 10 steps, keeping the collective off most steps
   preemption = checkpointing.PreemptionHandler(sync_every_steps=10)
   try:
-    if 0 < start_step < total_steps and start_step % eval_every == 0 and not log.has(
-        start_step, 'eval'):
+    if 0 < start_step < total_steps and start_step % eval_every == 0 and _agreed(
+        not log.has(start_step, 'eval')):
       # a stop that landed on an evaluation step saved before evaluating (its grace period is
       # short): the resumed run owes that evaluation
       eval_results = run_eval(start_step)

@@ -51,14 +51,6 @@ def test_dropout_only_where_the_block_has_it():
   assert models.create_model('resnet50', num_classes=10, dropout_rate=0.0).dropout_rate == 0.0
 
 
-def test_pre_activation_imagenet_stem_pools_a_normalised_map():
-  # conv -> BN -> ReLU -> max-pool, as He et al.'s ImageNet pre-activation nets
-  big = models.create_model('preact_resnet18', num_classes=10, image_size=224)
-  small = models.create_model('preact_resnet18', num_classes=10, image_size=32)
-  shapes = lambda m, n: jax.eval_shape(lambda: m.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, n, n, 3)), train=False))['params']
-  assert 'stem_bn' in shapes(big, 224) and 'stem_bn' not in shapes(small, 32)
-
 
 def test_stem_choice():
   small = models.create_model('resnet18', num_classes=10, image_size=32)

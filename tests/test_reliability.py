@@ -279,7 +279,8 @@ def test_an_evaluation_cut_by_a_stop_is_run_on_resume(tmp_path, monkeypatch):
   assert evals() == []
   _, results = train.train_and_evaluate(config, str(tmp_path))
   assert results['step'] == 22 and evals() == [11, 22]
-  train.train_and_evaluate(config, str(tmp_path))  # finished: nothing owed, nothing repeated
+  # a finished run owes nothing: run again, it only repeats its final evaluation
+  train.train_and_evaluate(config, str(tmp_path))
   assert evals() == [11, 22, 22]
 
 
@@ -650,9 +651,11 @@ BAD_INPUTS = [
     ('epochs_zero', 'config', {'num_epochs': 0.0}, r'num_epochs=0.0 is out of range; allowed: > 0'),
     ('epochs_negative', 'config', {'num_epochs': -1.0}, r'num_epochs=-1.0 is out of range'),
     ('epochs_below_one_step', 'config', {'num_epochs': 0.01},
-     r'num_epochs=0.01 is less than one step \(22 steps per epoch\); allowed: >= 0.0455'),
+     r'num_epochs=0.01 is less than one step \(22 steps per epoch\); allowed: >= 1/22 \(one '
+     r'step\)'),
     ('eval_every_below_one_step', 'config', {'eval_every_epochs': 0.01},
-     r'eval_every_epochs=0.01 is less than one step .*allowed: 0 \(only at the end\) or >='),
+     r'eval_every_epochs=0.01 is less than one step .*allowed: 0 \(only at the end\) or >= '
+     r'1/22'),
     ('warmup_past_the_end', 'config', {'warmup_epochs': 1.0},
      r'warmup_epochs=1.0 must be below num_epochs=1.0'),
     ('step_without_boundaries', 'config', {'lr_schedule': 'step'},
@@ -661,7 +664,7 @@ BAD_INPUTS = [
      {'lr_schedule': 'step', 'warmup_epochs': 0.5, 'lr_boundaries': (0.25, 0.75)},
      r'lr_boundaries=\(0.25, 0.75\): a boundary at or before the end of the warm-up'),
     ('seed_beyond_32_bits', 'config', {'seed': 2**32},
-     r'seed=4294967296 is out of range; allowed: \[0, 2147483648\)'),
+     r'seed=4294967296 is out of range; allowed: \[0, 4294967296\)'),
     ('lr_negative', 'config', {'learning_rate': -0.1},
      r'learning_rate=-0.1 is out of range; allowed: >= 0'),
     ('momentum', 'config', {'momentum': 1.0}, r'momentum=1.0 is out of range; allowed: \[0, 1\)'),
@@ -670,7 +673,7 @@ BAD_INPUTS = [
     ('keep_checkpoints', 'config', {'keep_checkpoints': 0},
      r'keep_checkpoints=0 is out of range; allowed: >= 1'),
     ('seed_negative', 'config', {'seed': -1},
-     r'seed=-1 is out of range; allowed: \[0, 2147483648\)'),
+     r'seed=-1 is out of range; allowed: \[0, 4294967296\)'),
     ('advprop_eps', 'config', {'method': 'advprop', 'advprop_eps': -0.1},
      r'advprop_eps=-0\.1 is out of range'),
     ('ews_rho', 'config', {'method': 'ews', 'ews_rho': 1.5}, r'rho.* must be in \(0, 1\]'),

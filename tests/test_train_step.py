@@ -98,8 +98,10 @@ def test_skip_nonfinite_policy_keeps_the_state():
   batch = _batches(1)[0]
   batch['image'][0, 0, 0, 0] = np.nan
   before = parallel.to_host(state.params)
-  counts = lambda s: [int(x) for x in jax.tree.leaves(parallel.to_host(s.opt_state))
-                      if np.issubdtype(np.asarray(x).dtype, np.integer)]
+  def counts(s):
+    return [int(x.count) for x in jax.tree.leaves(
+        parallel.to_host(s.opt_state), is_leaf=lambda t: isinstance(t, optax.ScaleByScheduleState))
+            if isinstance(x, optax.ScaleByScheduleState)]
   counts_before = counts(state)
   state, metrics = step(state, parallel.shard_batch(batch, mesh))
   assert float(metrics['finite']) == 0.0 and int(state.step) == 1
@@ -107,6 +109,19 @@ def test_skip_nonfinite_policy_keeps_the_state():
   assert np.isnan(float(jnp.asarray(metrics['loss'])))
   # the learning-rate schedule's count advanced with the step, the update did not apply
   assert counts_before and counts(state) == [c + 1 for c in counts_before]
+
+
+def test_skip_keeps_adams_own_count_and_advances_only_the_schedule():
+  tx = optax.adam(optax.cosine_decay_schedule(0.1, 10))
+  config, mesh, m, state = _setup(2, tx=tx)
+  config.nonfinite = 'skip'
+  step = train.make_train_step(m, config, mesh)
+  batch = _batches(1)[0]
+  batch['image'][0, 0, 0, 0] = np.nan
+  state, _ = step(state, parallel.shard_batch(batch, mesh))
+  adam, schedule = parallel.to_host(state.opt_state)[0], parallel.to_host(state.opt_state)[1]
+  assert int(adam.count) == 0      # bias correction as if the step had not happened
+  assert int(schedule.count) == 1  # the learning rate moves on with state.step
 
 
 def test_stream_keys_are_never_step_keys():

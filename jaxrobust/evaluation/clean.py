@@ -19,6 +19,8 @@ def make_eval_step(model, mesh, *, domain: str = MAIN, domains: Optional[Sequenc
   ``domains`` the sums are ``{domain: sums}``, every domain scored on the same transferred batch
   (a method evaluated with its main and auxiliary BatchNorm reads the eval split once).
   """
+  if domains is not None and domain != MAIN:
+    raise ValueError(f'make_eval_step: pass domain={domain!r} or domains={domains!r}, not both.')
   def sums_of(params, batch_stats, batch, domain):
     logits, _ = apply_model(model, params, batch_stats, batch['image'], train=False, domain=domain)
     mask = batch['mask']

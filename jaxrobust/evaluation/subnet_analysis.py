@@ -19,8 +19,8 @@ note that in this mode a padded final batch is skipped (its padding would enter 
 ``bn='running'`` uses the ``'main'`` running statistics. The full network is evaluated with its
 running statistics (as deployed, the stars of the figure) and, under ``bn='batch'``, also with
 the batch statistics the subnets use (``full_batch_accuracy``): on corrupted images batch
-statistics adapt to the shift, so that is the like-for-like reference for the subnets. Perturbations never change statistics; PGD runs on
-the full network in eval mode.
+statistics adapt to the shift, so that is the like-for-like reference for the subnets.
+Perturbations never change statistics; PGD runs on the full network in eval mode.
 
 Command line (restores trained runs from their workdirs; writes JSON and a box plot)::
 

@@ -217,8 +217,9 @@ class ResNet(nn.Module):
       x = conv(self.stem_width, (7, 7), 2, padding=[(3, 3), (3, 3)], name='stem_conv')(x)
     else:
       x = conv(self.stem_width, (3, 3), name='stem_conv')(x)
-    if not self.preact or self.stem == 'imagenet':
-      # pre-activation nets too pool a normalised stem on ImageNet (He et al. 2016b)
+    if not self.preact:  # pre-activation: the first block's BN-ReLU normalises the stem (after
+      # the max-pool, which commutes with an increasing per-channel BN-ReLU: He et al.'s
+      # conv-BN-ReLU-pool with a first block without pre-activation, but for BN's statistics)
       x = nn.relu(bn(name='stem_bn')(x))
     if self.stem == 'imagenet':
       x = nn.max_pool(x, (3, 3), (2, 2), padding=[(1, 1), (1, 1)])
