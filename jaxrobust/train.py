@@ -418,7 +418,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   earlier = _totals_before(workdir, start_step)
 
   train_step = make_train_step(method, config, mesh)
-  eval_step = clean.make_eval_step(model, mesh, domains=tuple(method.eval_domains()))
+  eval_step = clean.make_eval_step(model, mesh, tuple(method.eval_domains()))
   hooks = method.hooks()
   eval_batch_size = parallel.eval_batch_size(config.eval_batch_size, mesh)
 
@@ -436,6 +436,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info('eval @ step %d: %s', step,
                  ', '.join(f'{k}={v:.4f}' for k, v in results.items()))
     return results
+
+  def fetched_and_checked(pending):
+    """``pending`` on the host; under ``nonfinite='stop'`` a non-finite step raises."""
+    pending = _fetch(pending)
+    if config.get('nonfinite', 'stop') == 'stop':
+      check_finite(pending)
+    return pending
 
   def check_finite(pending):
     for s, m in pending:
@@ -493,9 +500,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       at_ckpt = done % ckpt_every == 0
       stop = preemption.should_stop()
       if at_log or at_ckpt or stop:
-        pending = _fetch(pending)
-        if config.get('nonfinite', 'stop') == 'stop':
-          check_finite(pending)
+        pending = fetched_and_checked(pending)
         applied = [m for _, m in pending if float(m['finite']) >= 1.0]
         skipped += len(pending) - len(applied)
         # means over the applied updates: a skipped step's NaN loss would make the window NaN
@@ -519,9 +524,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         'command again to resume.', stopped_by, done)
         break
       if done % eval_every == 0 and done != total_steps:
-        if pending and config.get('nonfinite', 'stop') == 'stop':  # not yet checked: log first
-          pending = _fetch(pending)
-          check_finite(pending)
+        pending = fetched_and_checked(pending)  # steps since the last log: never evaluate NaN
         eval_results = run_eval(done)
     else:
       done = total_steps

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxrobust import parallel, train
-from jaxrobust.evaluation import clean, comparison, runner
+from jaxrobust.evaluation import comparison, runner
 from tests.conftest import ROOT, tiny_config
 
 
@@ -332,5 +332,3 @@ def test_an_eval_batch_that_does_not_divide_the_devices_is_rounded_up(trained):
   assert [parallel.eval_batch_size(n, mesh) for n in (500, 12, 16, 1)] == [504, 16, 16, 8]
   with pytest.raises(ValueError, match='eval_batch_size=0'):
     parallel.eval_batch_size(0, mesh)
-  with pytest.raises(ValueError, match="pass domain='aux' or domains=.*, not both"):
-    clean.make_eval_step(run.model, run.mesh, domain='aux', domains=('main', 'aux'))

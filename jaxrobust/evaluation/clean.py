@@ -1,6 +1,6 @@
 """Clean classification metrics (top-1, top-5, loss) on every device."""
 
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,15 +12,14 @@ from jaxrobust import parallel
 from jaxrobust.models import MAIN, apply_model
 
 
-def make_eval_step(model, mesh, *, domain: str = MAIN, domains: Optional[Sequence[str]] = None):
-  """``f(params, batch_stats, batch) -> sums`` of correct top-1/top-5, loss and count (psum-ed).
+def make_eval_step(model, mesh, domains: Sequence[str] = (MAIN,)):
+  """``f(params, batch_stats, batch) -> {domain: sums}`` of correct top-1/top-5, loss and count
+  (psum-ed).
 
-  The model runs in eval mode with ``domain``'s running statistics; nothing is updated. With
-  ``domains`` the sums are ``{domain: sums}``, every domain scored on the same transferred batch
-  (a method evaluated with its main and auxiliary BatchNorm reads the eval split once).
+  The model runs in eval mode with each domain's running statistics; nothing is updated. Every
+  domain is scored on the same transferred batch (a method evaluated with its main and
+  auxiliary BatchNorm reads the eval split once).
   """
-  if domains is not None and domain != MAIN:
-    raise ValueError(f'make_eval_step: pass domain={domain!r} or domains={domains!r}, not both.')
   def sums_of(params, batch_stats, batch, domain):
     logits, _ = apply_model(model, params, batch_stats, batch['image'], train=False, domain=domain)
     mask = batch['mask']
@@ -33,31 +32,24 @@ def make_eval_step(model, mesh, *, domain: str = MAIN, domains: Optional[Sequenc
             'loss': jnp.sum(loss * mask), 'count': jnp.sum(mask)}
 
   def body(params, batch_stats, batch):
-    if domains is None:
-      sums = sums_of(params, batch_stats, batch, domain)
-    else:
-      sums = {d: sums_of(params, batch_stats, batch, d) for d in domains}
-    return jax.lax.psum(sums, parallel.AXIS)
+    return jax.lax.psum({d: sums_of(params, batch_stats, batch, d) for d in domains},
+                        parallel.AXIS)
   return parallel.spmd(body, mesh, in_specs=(P(), P(), P(parallel.AXIS)), out_specs=P())
 
 
 def evaluate(eval_step, params, batch_stats, batches: Iterable[dict], mesh) -> dict:
-  """Runs ``eval_step`` over host batches and returns top1/top5 accuracy, loss and count
-  (``{domain: ...}`` for a step made with ``domains``)."""
+  """Runs ``eval_step`` over host batches; ``{domain: {top1, top5, loss, count}}``."""
   totals = None
   for batch in batches:
     sums = eval_step(params, batch_stats, parallel.shard_batch(batch, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = parallel.to_host(totals)
-
-  def metrics(t):
+  out = {}
+  for domain, t in parallel.to_host(totals).items():
     t = {k: float(v) for k, v in t.items()}
     n = max(t['count'], 1.0)
-    return {'top1': t['top1'] / n, 'top5': t['top5'] / n, 'loss': t['loss'] / n,
-            'count': int(t['count'])}
-  if 'count' in totals:
-    return metrics(totals)
-  return {d: metrics(t) for d, t in totals.items()}
+    out[domain] = {'top1': t['top1'] / n, 'top5': t['top5'] / n, 'loss': t['loss'] / n,
+                   'count': int(t['count'])}
+  return out
 
 
 def accuracy_np(logits: np.ndarray, labels: np.ndarray) -> float:

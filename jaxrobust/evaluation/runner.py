@@ -186,9 +186,9 @@ def _accuracy(run: Run, fn, batches, rng, **traced) -> float:
 
 
 def clean_suite(run: Run, max_examples=None) -> dict:
-  step = clean.make_eval_step(run.model, run.mesh, domain=run.domain)
+  step = clean.make_eval_step(run.model, run.mesh, (run.domain,))
   host = run.host_batches(run.config.eval_batch_size, max_examples)
-  return clean.evaluate(step, run.params, run.batch_stats, host, run.mesh)
+  return clean.evaluate(step, run.params, run.batch_stats, host, run.mesh)[run.domain]
 
 
 @functools.lru_cache(maxsize=None)
