@@ -1,7 +1,7 @@
 """Host input-pipeline throughput: can this host feed the accelerator?
 
 Times the training loop's own pipeline, ``data.train_iterator`` (a split held in memory or read
-per file, per-example augmentation keyed by ``(seed, epoch, index)``, batching, prefetch), in
+per file, augmentation keyed by ``(seed, epoch, index)``, batching, prefetch), in
 images/s after a warm-up. Training runs at the slower of this figure and the step's images/s
 from ``benchmarks/throughput.py``, so run both on the machine that trains. The dataset is named
 as in a config, or is random images held in memory (no files needed, no decode at start).

@@ -88,6 +88,42 @@ def test_eval_iterator_pads_and_masks_every_example_once(digits):
   np.testing.assert_array_equal(np.concatenate(labels), source.labels)
 
 
+def _pad_crop_flip_reference(images, draws, flip):
+  padded = np.pad(images, ((0, 0), (4, 4), (4, 4), (0, 0)))
+  h, w = images.shape[1:3]
+  out = [p[r:r + h, c:c + w] for p, (r, c, _) in zip(padded, draws)]
+  return np.stack([o[:, ::-1] if flip and f else o for o, f in zip(out, draws[:, 2])])
+
+
+@pytest.mark.parametrize('flip', [True, False])
+def test_pad_crop_flip_is_a_padded_crop_mirrored_by_its_flip_bit(flip):
+  rng = np.random.default_rng(0)
+  images = rng.integers(1, 256, (40, 6, 7, 2), dtype=np.uint8)  # H != W catches swapped axes
+  draws = rng.integers(0, data.CROP_DRAW_RANGES, (40, 3)).astype(np.int32)
+  got = data.pad_crop_flip(images, draws, flip=flip).numpy()
+  np.testing.assert_array_equal(got, _pad_crop_flip_reference(images, draws, flip))
+  assert {0, 8} <= set(draws[:, 0]) and {0, 1} == set(draws[:, 2])  # the extremes were drawn
+
+
+def test_batched_cifar_augmentation_is_keyed_by_seed_epoch_and_example(digits):
+  info, source = digits
+  info = dataclasses.replace(info, augment='cifar')
+  n, batch, seed = len(source.labels), 64, 5
+  steps = n // batch
+  it = data.train_iterator(info, global_batch_size=batch, seed=seed, source=source)
+  got = _take(it, steps + 2)  # into the second epoch
+  for step in (0, steps - 1, steps, steps + 1):
+    epoch, b = divmod(step, steps)
+    index = np.random.default_rng([seed, epoch]).permutation(n)[b * batch:(b + 1) * batch]
+    want = _pad_crop_flip_reference(source.images[index],
+                                    data.crop_draws(seed, epoch, n)[index], flip=True)
+    np.testing.assert_array_equal(got[step]['image'], want.astype(np.float32) / 255)
+    np.testing.assert_array_equal(got[step]['label'], source.labels[index])
+  assert not np.array_equal(got[0]['image'],  # augmented: not the stored images
+                            source.images[np.random.default_rng([seed, 0]).permutation(n)[:batch]]
+                            .astype(np.float32) / 255)
+
+
 def test_cifar_augmentation_crops_and_flips():
   aug = data._augment_fn('cifar', (8, 8, 3), train=True)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -102,7 +138,8 @@ def test_cifar_augmentation_crops_and_flips():
   crop = data._augment_fn('crop', (8, 8, 3), train=True)
   image = tf.constant(np.tile(np.arange(1, 9, dtype=np.uint8)[None, :, None], (8, 1, 3)))
   for i in range(20):
-    row = crop(image, tf.constant([0, i], tf.int64)).numpy()[4, :, 0]
+    out = crop(image, tf.constant([0, i], tf.int64)).numpy()[..., 0]
+    row = out[np.argmax(out.sum(1))]  # a row of the image, not of the zero padding
     kept = row[row > 0]
     assert np.all(np.diff(kept) > 0) and len(kept) >= 4
   with tfds.testing.mock_data(num_examples=8):
