@@ -1,4 +1,4 @@
-"""AdvProp on CIFAR: PreAct ResNet-18, PGD-1 (eps = 1/255) through an auxiliary BatchNorm.
+r"""AdvProp on CIFAR: PreAct ResNet-18, PGD-1 (eps = 1/255) through an auxiliary BatchNorm.
 
 The AdvProp paper (``002_3c885072544f102e.txt``) trains only on ImageNet; its CIFAR setting is the
 MixProp paper's (``004_e0581a0ceb74a177.txt``, section 4.1 and Table 1, CIFAR-100): PreAct
@@ -34,8 +34,9 @@ def get_config():
   c.advprop_targeted = False
   c.advprop_craft_bn = 'batch'    # batch statistics of the aux BN, running statistics frozen
   c.advprop_loss = 'sum'          # Algorithm 1: L_c + L_a
-  c.advprop_fine_grained = False  # True: main / aux_augment (RandAugment) / aux_adv (Table 5)
-  c.advprop_augment_ops = 2
+  c.advprop_fine_grained = False  # True: main / aux_augment / aux_adv (Table 5)
+  c.advprop_augment = 'autoaugment_cifar10'  # aux_augment's (the paper's AutoAugment)
+  c.advprop_augment_ops = 2         # RandAugment's N and M (advprop_augment='randaugment')
   c.advprop_augment_magnitude = 9.0
   c.advprop_adv_source = 'augmented'
   c.advprop_eval_aux = True       # also report the aux BN (AdvProp Table 3); main is the headline

@@ -1,4 +1,4 @@
-"""ANT 3x3 on CIFAR-10: as configs/ant_cifar.py with the locally correlated generator.
+r"""ANT 3x3 on CIFAR-10: as configs/ant_cifar.py with the locally correlated generator.
 
 The 3x3 generator replaces one layer's 1x1 kernels by 3x3 kernels (the reference's second layer),
 so its noise is correlated over 3x3 pixel patches (paper ``003``, section 3.2, "Learning locally

@@ -1,4 +1,4 @@
-"""Adversarial Noise Training with the 1x1 generator (ANT 1x1) on CIFAR-10 (paper ``003``, 3.2).
+r"""Adversarial Noise Training with the 1x1 generator (ANT 1x1) on CIFAR-10 (paper ``003``, 3.2).
 
 Each step: ``ant_gen_steps`` generator updates maximising the frozen classifier's cross-entropy,
 then one classifier update on a batch of 50% clean / 30% current-generator / 20% replayed-generator

@@ -1,4 +1,4 @@
-"""ANT 1x1 on ImageNet: fine-tuning a pretrained ResNet-50 (paper ``003``, sections 3.2 and 4).
+r"""ANT 1x1 on ImageNet: fine-tuning a pretrained ResNet-50 (paper ``003``, sections 3.2 and 4).
 
 The paper's ANT 1x1 reaches 76.0% clean / 51.1% ImageNet-C top-1 (Table 3) and eps*_AN = 95.4
 against a freshly trained 1x1 generator (Table 2); ``--config.ant_generator=3x3`` is ANT 3x3

@@ -1,4 +1,4 @@
-"""AugMix on CIFAR-10: the "AugMix, Vanilla" baseline of EWS's Table 1 (EWS's recipe, no EWS).
+r"""AugMix on CIFAR-10: the "AugMix, Vanilla" baseline of EWS's Table 1 (EWS's recipe, no EWS).
 
 AugMix (Hendrycks et al. 2020): each image and two AugMix views of it go through the network
 together; the loss is CE on the clean image plus 12 times the Jensen-Shannon divergence of the

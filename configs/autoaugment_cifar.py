@@ -1,4 +1,4 @@
-"""AutoAugment on CIFAR-10: the "AutoAugment, Vanilla" baseline of EWS's Table 1 (no EWS).
+r"""AutoAugment on CIFAR-10: the "AutoAugment, Vanilla" baseline of EWS's Table 1 (no EWS).
 
 AutoAugment (Cubuk et al. 2019) applies one of the 25 sub-policies it learned on reduced CIFAR-10 to
 every training image, after the standard crop and flip and before Cutout (16 x 16), as in its CIFAR

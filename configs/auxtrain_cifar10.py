@@ -1,4 +1,4 @@
-"""Auxiliary Training (Zhang et al., CVPR 2020) on CIFAR-10: ResNet-18 with the paper's schedule.
+r"""Auxiliary Training (Zhang et al., CVPR 2020) on CIFAR-10: ResNet-18 with the paper's schedule.
 
 Section 4.1: SGD with momentum and weight decay, 300 epochs, learning rate divided by 10 at
 epochs 100, 200 and 290; alpha_0 = 1, alpha_j = 0.05, lambda = 0.05, gamma in {0, 1}; four
@@ -20,6 +20,8 @@ corruptions): add ``--config.auxtrain_adversarial=True``.
 Table 9 ablations: ``--config.auxtrain_selective_bn=False`` / ``auxtrain_distillation=False`` /
 ``auxtrain_attention=False`` / ``auxtrain_weight_merging=False``.
 """
+
+import ml_collections
 
 from configs import default
 
@@ -52,6 +54,9 @@ def add_auxtrain(c):
   # Table 8: primary classifier on PGD examples (Madry et al. PGD-10, eps 8/255, step 2/255).
   c.auxtrain_adversarial = False
   c.auxtrain_attack = 'madry_pgd10'
+  c.auxtrain_eps = ml_collections.FieldReference(None, field_type=float)        # None = preset
+  c.auxtrain_step_size = ml_collections.FieldReference(None, field_type=float)  # None = preset
+  c.auxtrain_num_steps = ml_collections.FieldReference(None, field_type=int)    # None = preset
   return c
 
 

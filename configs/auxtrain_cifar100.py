@@ -1,4 +1,4 @@
-"""Auxiliary Training on CIFAR-100: ResNet-18, the paper's schedule (as ``auxtrain_cifar10``).
+r"""Auxiliary Training on CIFAR-100: ResNet-18, the paper's schedule (as ``auxtrain_cifar10``).
 
 Table 2 (ResNet-18): 79.47% vs 77.09% baseline; Table 4: CE 69.34 vs 92.21. Table 9 (the
 ablation study) is on this setting:

@@ -8,8 +8,9 @@ TRADES-AWP (add ``--config.awp_warmup_epochs=9``: its script perturbs from the 1
 
     python -m jaxrobust.main --config=configs/awp_cifar.py --workdir=/tmp/awp_cifar
 
-AWP-EWS (the paper's Table 4): ``--config.method=ews_pgd_at`` (or ``ews_trades``) with this
-config's ``awp_gamma``.
+AWP-EWS (the paper's Table 4) on PGD-AT: ``--config.method=ews_pgd_at`` with this config (it
+holds the EWS keys for that). On TRADES use ``configs/ews_trades_awp_cifar.py``, which also
+starts the perturbation at the 10th epoch as TRADES-AWP does.
 """
 
 from configs import pgd_at_cifar, trades_cifar

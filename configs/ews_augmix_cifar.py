@@ -1,4 +1,4 @@
-"""EWS on top of AugMix on CIFAR-10 (EWS ``001_f126abb63f157b30.txt``, Table 1, "AugMix" rows).
+r"""EWS on top of AugMix on CIFAR-10 (EWS ``001_f126abb63f157b30.txt``, Table 1, "AugMix" rows).
 
 ``configs/ews_cifar.py``'s recipe and EWS settings (lambda = 1, rho = 0.5, controller search
 every 10 epochs) with AugMix at severity 5 and its JSD loss (supplementary D); the full network

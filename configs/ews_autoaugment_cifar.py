@@ -1,4 +1,4 @@
-"""EWS on top of AutoAugment on CIFAR-10 (EWS ``001_f126abb63f157b30.txt``, Table 1).
+r"""EWS on top of AutoAugment on CIFAR-10 (EWS ``001_f126abb63f157b30.txt``, Table 1).
 
 ``configs/ews_cifar.py``'s recipe and EWS settings (lambda = 1, rho = 0.5, controller search
 every 10 epochs) on AutoAugment's CIFAR-10 policy and Cutout, applied on device to every

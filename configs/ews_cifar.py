@@ -1,4 +1,4 @@
-"""EWS (enhancing weak subnets) on CIFAR-10, the paper's corruption-robustness setting.
+r"""EWS (enhancing weak subnets) on CIFAR-10, the paper's corruption-robustness setting.
 
 Guo, Stutz & Schiele 2022 (``001_f126abb63f157b30.txt``), section 4.1.1 and supplementary D:
 ResNet-50, 400 epochs, SGD with Nesterov momentum, learning rate 0.1 divided by 10 at 1/3 and

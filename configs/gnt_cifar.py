@@ -1,4 +1,4 @@
-"""Gaussian noise training (GNT) on CIFAR-10 (paper ``003``, section 3.1; method ``gnt``).
+r"""Gaussian noise training (GNT) on CIFAR-10 (paper ``003``, section 3.1; method ``gnt``).
 
 Half of every batch stays clean, the other half gets ``clip(x + sigma z)`` with sigma drawn per
 image from ``gnt_sigmas``; one BatchNorm trained on the mixed batch (see jaxrobust/methods/gnt.py).

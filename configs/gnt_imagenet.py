@@ -1,4 +1,4 @@
-"""GNT sigma_0.5 on ImageNet: fine-tuning a pretrained ResNet-50 (paper ``003``, section 4).
+r"""GNT sigma_0.5 on ImageNet: fine-tuning a pretrained ResNet-50 (paper ``003``, section 4).
 
 The paper fine-tunes a pretrained ResNet-50 on batches that are half clean and half
 ``clip(x + 0.5 z)``; sigma = 0.5 was the best single sigma (Fig. 2) and gives 75.9% clean /

@@ -1,4 +1,4 @@
-"""MixProp on CIFAR-100 with PreAct ResNet-18 (the paper's Table 1 setting).
+r"""MixProp on CIFAR-100 with PreAct ResNet-18 (the paper's Table 1 setting).
 
 MixProp (``004_e0581a0ceb74a177.txt``) section 4.1: SGD (momentum 0.9, weight decay 5e-4), batch
 128, 320 epochs, learning rate 0.1 divided by 10 at epochs 100, 180 and 260, random crop + flip;

@@ -1,4 +1,4 @@
-"""The MixProp paper's Mixup baseline: mixup on half of each batch, one set of BNs.
+r"""The MixProp paper's Mixup baseline: mixup on half of each batch, one set of BNs.
 
 MixProp (``004_e0581a0ceb74a177.txt``) section 4.2: "we apply mixup to half of the clean samples in
 each batch under a single set of BN layers"; training as its section 4.1 (CIFAR-100, PreAct

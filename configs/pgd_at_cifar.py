@@ -1,4 +1,4 @@
-"""Madry PGD adversarial training on CIFAR-10: PreAct ResNet-18, PGD-10 (eps 8/255, step 2/255).
+r"""Madry PGD adversarial training on CIFAR-10: PreAct ResNet-18, PGD-10 (eps 8/255, step 2/255).
 
 Madry et al. (2018) inner maximisation as the EWS paper and Rice et al. (2020) run it: L-inf PGD,
 eps = 8/255, step 2/255, 10 steps (Madry's own CIFAR runs used 7), uniform random start,

@@ -1,4 +1,4 @@
-"""TRADES on CIFAR-10: PreAct ResNet-18, KL inner maximisation (PGD-10, eps 8/255), beta = 6.
+r"""TRADES on CIFAR-10: PreAct ResNet-18, KL inner maximisation (PGD-10, eps 8/255), beta = 6.
 
 TRADES (Zhang et al. 2019): loss CE(f(x), y) + beta KL(f(x) || f(x')), beta = 6 for CIFAR-10;
 inner maximisation of the KL by L-inf PGD, eps = 8/255, 10 steps of 2/255 (0.007 in the reference

@@ -1,4 +1,4 @@
-"""Vanilla ResNet-18 on CIFAR-10 with the standard schedule (SGD 0.1, momentum 0.9, wd 5e-4,
+r"""Vanilla ResNet-18 on CIFAR-10 with the standard schedule (SGD 0.1, momentum 0.9, wd 5e-4,
 cosine over 200 epochs, batch 128, pad-4 crop + flip).
 
     python -m jaxrobust.main --config=configs/vanilla_cifar.py --workdir=/tmp/vanilla_cifar

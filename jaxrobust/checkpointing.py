@@ -348,8 +348,7 @@ class PreemptionHandler:
     if jax.process_count() > 1:
       if self._calls % self.sync_every_steps:
         return False
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      flag = bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+      flag = _any_process(flag)
       if flag and self.signal_name is None:
         self.signal_name = 'a signal to another process'
     return flag

@@ -1,4 +1,4 @@
-"""Evaluates a trained run with the robustness suites.
+r"""Evaluates a trained run with the robustness suites.
 
     python -m jaxrobust.evaluate --workdir=/tmp/vanilla_small \
         --suite=clean,corruptions,pgd,apgd,eps_star,frequency

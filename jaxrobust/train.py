@@ -9,6 +9,7 @@ Usable from Colab::
 
 import json
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,8 @@ import optax
 from absl import logging
 from jax.sharding import PartitionSpec as P
 
-from jaxrobust import augmentations, checkpointing, data, files, methods, models, optim, parallel
+from jaxrobust import (augmentations, checkpointing, config_keys, data, files, methods, models,
+                       optim, parallel)
 from jaxrobust.evaluation import clean
 from jaxrobust.methods.base import Context
 from jaxrobust.train_state import TrainState
@@ -59,16 +61,20 @@ def _check_choice(config, key: str, allowed, default) -> None:
     raise ValueError(f'Unknown {key} {value!r}; valid: {", ".join(map(str, allowed))}.')
 
 
-def validate_config(config) -> None:
+def validate_config(config) -> methods.Method:
   """Checks names and values that need no data, so bad input fails before anything is built.
 
   Covers the loop's own keys (names, ranges) and the method's :meth:`Method.validate` (eps < 0,
   unknown attack presets, ...). Data-dependent checks (dataset contents, batch size versus
   device count and dataset size) follow in :func:`build`, still before anything is compiled.
 
+  Returns:
+    The method, built from ``config`` (its constructor runs :meth:`Method.validate`).
+
   Raises:
     ValueError: naming the bad key and value and what is allowed.
   """
+  config_keys.check(config)                       # a misspelt key, e.g. set from a notebook
   models.architecture(config.model)               # ValueError listing valid models
   method_cls = methods.get(config.method)         # ValueError listing valid methods
   _check_choice(config, 'optimizer', optim.OPTIMIZERS, 'sgd')
@@ -118,7 +124,7 @@ def validate_config(config) -> None:
     raise ValueError(f'dataset={dataset!r}: allowed digits, folder:/path/to/images '
                      f'(<split>/<label>/*.jpg) or a TFDS name such as '
                      f'{", ".join(data.KNOWN_TFDS)}.')
-  method_cls(config)                              # the method's own validate()
+  return method_cls(config)                       # the method's own validate()
 
 
 # ----------------------------------------------------------------------------- setup
@@ -126,10 +132,9 @@ def validate_config(config) -> None:
 
 def build(config, mesh=None):
   """Resolves data, method, model and optimizer; returns ``(info, method, model, tx, mesh, spe)``."""
-  validate_config(config)
+  method = validate_config(config)
   mesh = mesh or parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  method = methods.get(config.method)(config)
   info = data.get_info(config)
   n_train = info.num_examples[info.train_split]
   steps_per_epoch = n_train // config.batch_size
@@ -261,22 +266,27 @@ class MetricsLog:
         f.write(json.dumps({'step': step, 'kind': kind, **values}) + '\n')
 
   def has(self, step: int, kind: str) -> bool:
-    """Whether ``metrics.jsonl`` already holds a ``kind`` row at ``step`` (read by every process:
-    the workdir is shared)."""
-    if not self.path.exists():
-      return False
-    for line in self.path.read_text().splitlines():
-      try:
-        row = json.loads(line)
-      except ValueError:  # a line cut short by a kill
-        continue
-      if row.get('step') == step and row.get('kind') == kind:
-        return True
-    return False
+    """Whether ``metrics.jsonl`` already holds a ``kind`` row at ``step``."""
+    return _logged(self.path, step, kind)
 
   def close(self):
     self.writer.flush()
     self.writer.close()
+
+
+def _logged(path, step: int, kind: str) -> bool:
+  """Whether the ``metrics.jsonl`` at ``path`` holds a ``kind`` row at ``step`` (read by every
+  process: the workdir is shared)."""
+  if not path.exists():
+    return False
+  for line in path.read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except ValueError:  # a line cut short by a kill
+      continue
+    if row.get('step') == step and row.get('kind') == kind:
+      return True
+  return False
 
 
 def _agreed(decision: bool) -> bool:
@@ -369,8 +379,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   proc = dict(process_index=jax.process_index(), process_count=jax.process_count())
   data_dir = config.get('data_dir') or None
-  train_source = data.make_source(info, info.train_split, data_dir)
-  eval_source = data.make_source(info, info.eval_split, data_dir)
+  # The same command again on a finished run has nothing to do (checked once restored) and
+  # decodes no data; any other run reads its data first, so bad data fails before compiling.
+  finished = None if config_diff else _finished_results(workdir, total_steps)
+  if finished is None:
+    train_source = data.make_source(info, info.train_split, data_dir)
+    eval_source = data.make_source(info, info.eval_split, data_dir)
 
   def train_batches(num_batches: int, seed: int):
     it = data.train_iterator(info, global_batch_size=config.batch_size, seed=seed,
@@ -415,6 +429,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       ckpt.close()
       raise
   start_step = int(jax.device_get(state.step))
+  if _agreed(finished is not None and start_step == total_steps):
+    ckpt.close()
+    logging.info('%s already holds this run, trained and evaluated (step %d); nothing to do.',
+                 workdir, total_steps)
+    return state, finished
+  if finished is not None:  # its results, but not its final checkpoint: train after all
+    train_source = data.make_source(info, info.train_split, data_dir)
+    eval_source = data.make_source(info, info.eval_split, data_dir)
   earlier = _totals_before(workdir, start_step)
 
   train_step = make_train_step(method, config, mesh)
@@ -468,6 +490,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   log_every = max(1, config.get('log_every_steps', 50))
   ckpt_every = config.get('checkpoint_every_steps', 0) or steps_per_epoch
   eval_every = int(config.get('eval_every_epochs', 1) * steps_per_epoch) or total_steps
+  learning_rate = optim.learning_rate_schedule(config, steps_per_epoch)  # for the log only
   batches = data.train_iterator(info, global_batch_size=config.batch_size, seed=config.seed,
                                 start_step=start_step, source=train_source, data_dir=data_dir,
                                 **proc)
@@ -508,8 +531,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                  if k not in INTERNAL_METRICS and applied}
         elapsed = time.time() - window_start
         rate = (done - window_step) * config.batch_size / max(elapsed, 1e-9)
-        means.update(images_per_sec=rate, learning_rate=float(
-            optim.learning_rate_schedule(config, steps_per_epoch)(step)), skipped_updates=skipped)
+        means.update(images_per_sec=rate, learning_rate=float(learning_rate(step)),
+                     skipped_updates=skipped)
         log.write(done, 'train', means)
         eta = (total_steps - done) * config.batch_size / max(rate, 1e-9)
         logging.info('step %d/%d (epoch %.2f) | loss %.4f | %.0f img/s | ETA %s', done,
@@ -550,7 +573,8 @@ def _totals_before(workdir: str, start_step: int) -> dict:
 
   A stopped run writes ``results.json`` with ``stopped_by`` and the step of its last checkpoint; a
   run resuming from exactly that step carries both on, so that they describe the whole training
-  however often it was preempted. (After a crash, which writes no results, they restart at 0.)
+  however often it was preempted, as does the rerun of a finished run that has yet to log its
+  evaluation. (After a crash, which writes no results, they restart at 0.)
   """
   totals = {'wall_time_s': 0.0, 'skipped_updates': 0}
   path = files.as_path(workdir) / 'results.json'
@@ -561,10 +585,23 @@ def _totals_before(workdir: str, start_step: int) -> dict:
   except (OSError, ValueError) as e:  # e.g. cut short by a kill while being written
     logging.warning('Cannot read %s (%s); wall time and skipped updates count from 0.', path, e)
     return totals
-  if earlier.get('stopped_by') and earlier.get('step') == start_step:
+  if earlier.get('step') == start_step:  # stopped there, or finished there without its eval
     totals = {'wall_time_s': float(earlier.get('wall_time_s', 0.0)),
               'skipped_updates': int(earlier.get('skipped_updates', 0))}
   return totals
+
+
+def _finished_results(workdir: str, total_steps: int) -> Optional[dict]:
+  """The ``results.json`` of a run that finished ``total_steps`` and logged its final
+  evaluation, else None."""
+  path = files.as_path(workdir) / 'results.json'
+  try:
+    results = json.loads(path.read_text()) if path.exists() else {}
+  except (OSError, ValueError):  # e.g. cut short by a kill while being written
+    return None
+  done = results.get('step') == total_steps and not results.get('stopped_by')
+  logged = _logged(files.as_path(workdir) / 'metrics.jsonl', total_steps, 'eval')
+  return results if done and logged else None
 
 
 def _init_from_dir(path: str) -> str:

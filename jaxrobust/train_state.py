@@ -15,7 +15,9 @@ class TrainState:
     params: model parameters.
     opt_state: optax state of ``params``' optimizer.
     batch_stats: BatchNorm running statistics keyed by domain (``{'main': tree, ...}``).
-    rng: base PRNG key of the run; the key for step ``s`` is ``fold_in(rng, s)``.
+    rng: base PRNG key of the run. Step ``s`` on device ``d`` draws from
+      ``fold_in(fold_in(rng, s), d)`` (``train.step_key``); draws every device must share
+      (EWS's subnets, MixProp's mixing weights) come from ``methods.common.stream_key``.
     extras: method-owned state (auxiliary heads, noise generators, controllers, buffers), a
       pytree of arrays or ``{}``.
   """

@@ -136,6 +136,7 @@ def test_trades_step_adds_beta_times_the_kl():
     ('pgd_at', dict(pgd_at_attack='trades'), 'Unknown pgd_at_attack'),
     ('pgd_at', dict(pgd_at_attack='pgd30'), "allowed presets: \\("),
     ('pgd_at', dict(pgd_at_eps=-1.0), 'pgd_at_eps=-1.0 is out of range'),
+    ('pgd_at', dict(pgd_at_eps=8), r'pgd_at_eps=8: .* \[0, 1\] pixel units.*8/255 = 0\.0314'),
     ('pgd_at', dict(pgd_at_gamma=-0.1), 'pgd_at_gamma=-0.1 is out of range'),
     ('pgd_at', dict(pgd_at_craft_bn='train'), "allowed values: \\('batch', 'running'\\)"),
     ('pgd_at', dict(pgd_at_attack='fgsm', pgd_at_num_steps=3), "has no num_steps"),

@@ -155,9 +155,11 @@ def test_table7_attackers(preset):
     assert not np.array_equal(np.asarray(x_a), np.asarray(x_b))
 
 
-def test_fine_grained_domains_and_statistics():
+@pytest.mark.parametrize('augment', [None, 'autoaugment_cifar10'])
+def test_fine_grained_domains_and_statistics(augment):
+  extra = {} if augment is None else {'advprop_augment': augment}  # None: a saved run's default
   config, mesh, m, model, state = _setup(advprop_fine_grained=True, advprop_attack='advprop_pgd1',
-                                         advprop_eps=0.0, advprop_eval_aux=True)
+                                         advprop_eps=0.0, advprop_eval_aux=True, **extra)
   assert m.bn_domains() == ('main', 'aux_augment', 'aux_adv')
   assert m.affine_domains() == ('aux_augment', 'aux_adv')
   assert m.eval_domains() == ('main', 'aux_augment', 'aux_adv')
@@ -171,8 +173,12 @@ def test_fine_grained_domains_and_statistics():
   # Reproduce the step's augmentation: rng -> (crafting key, dropout key) -> (aug, attack, drop).
   rng = jax.random.fold_in(jax.random.fold_in(host.rng, 0), 0)
   k_aug = jax.random.split(m.split_rng(rng)[0], 3)[0]
-  x_aug = jax.jit(augmentations.rand_augment, static_argnums=(2, 3))(
-      jnp.asarray(batch['image']), k_aug, 2, 9.0)
+  if augment is None:  # RandAugment, N = 2 at M = 9
+    x_aug = jax.jit(augmentations.rand_augment, static_argnums=(2, 3))(
+        jnp.asarray(batch['image']), k_aug, 2, 9.0)
+  else:  # the paper's AutoAugment, CIFAR-10 policy
+    x_aug = jax.jit(augmentations.autoaugment, static_argnums=2)(
+        jnp.asarray(batch['image']), k_aug, 'cifar10')
   assert not np.allclose(x_aug, batch['image'])
   logits = {}
   for domain, images in (('main', batch['image']), ('aux_augment', x_aug), ('aux_adv', x_aug)):
@@ -213,6 +219,8 @@ def test_targeted_crafting_moves_toward_targets():
     (dict(advprop_craft_bn='eval'), "allowed values: \\('batch', 'running'\\)"),
     (dict(advprop_loss='max'), "allowed values: \\('sum', 'mean'\\)"),
     (dict(advprop_targeted='yes'), 'advprop_targeted must be True or False'),
+    (dict(advprop_augment='autoaugment'),
+     r"allowed values: \('randaugment', 'autoaugment_cifar10', 'autoaugment_imagenet'\)"),
     (dict(advprop_adv_source='mixed'), "allowed values: \\('augmented', 'clean'\\)"),
     (dict(advprop_augment_magnitude=11), 'allowed: \\[0, 10\\]'),
     (dict(advprop_augment_ops=-1), 'integers >= 0'),

@@ -334,7 +334,10 @@ def test_adversarial_variant_crafts_through_dropout(base):
     (dict(auxtrain_merge_fraction=True), 'auxtrain_merge_fraction must be in .*got True'),
     (dict(auxtrain_merge_epoch=2.0), r'auxtrain_merge_epoch must be -1 .* \[0, num_epochs=1.0\]'),
     (dict(auxtrain_temperature='2'), "auxtrain_temperature must be > 0, got '2'"),
-    (dict(auxtrain_adversarial=True, auxtrain_attack='pgd_9000'), 'valid names'),
+    (dict(auxtrain_adversarial=True, auxtrain_attack='pgd_9000'), 'allowed presets'),
+    # TRADES's preset maximises a KL to the clean output, not the primary's CE
+    (dict(auxtrain_adversarial=True, auxtrain_attack='trades'), 'allowed presets'),
+    (dict(auxtrain_adversarial=True, auxtrain_num_steps=0), 'auxtrain_num_steps'),
 ])
 def test_bad_config_raises(overrides, match):
   with pytest.raises(ValueError, match=match):

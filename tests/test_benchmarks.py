@@ -71,6 +71,15 @@ def test_compare_methods_script_plans_every_step(tmp_path):
                         f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
   assert bad.returncode != 0 and "Unknown method(s) ['vanila']" in bad.stderr
+  # a paper's own vanilla baseline, on that paper's recipe
+  paper = subprocess.run(
+      [sys.executable, 'scripts/compare_methods.py', '--dry_run', '--budget=config',
+       '--methods=vanilla_ews,ews', f'--out={tmp_path / "full"}'], cwd=ROOT, capture_output=True,
+      text=True, timeout=300)
+  assert paper.returncode == 0, paper.stderr
+  train = [l for l in paper.stdout.splitlines() if 'jaxrobust.main' in l]
+  assert len(train) == 2 and '--config=configs/vanilla_ews_cifar.py' in train[0]
+  assert 'runs/vanilla_ews' in train[0] and not any('resnet8_wide' in l for l in train)
 
 
 def test_input_pipeline_counts_the_images_it_delivers(capsys):

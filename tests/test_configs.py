@@ -43,3 +43,37 @@ def test_recipes_set_what_the_papers_state():
   base, ews = pgd_at_cifar.get_config().to_dict(), ews_pgd_at_cifar.get_config().to_dict()
   differing = {k for k in ews if base.get(k, object()) != ews[k]}
   assert all(k == 'method' or k.startswith(('ews_', 'awp_')) for k in differing), differing
+
+
+def test_known_keys_are_exactly_the_shipped_configs_keys_and_cover_what_the_code_reads():
+  import re  # pylint: disable=g-import-not-at-top
+  from jaxrobust import config_keys  # pylint: disable=g-import-not-at-top
+  defined = set()
+  for name in NAMES:
+    defined |= set(importlib.import_module(f'configs.{name}').get_config().keys())
+  assert defined == config_keys.KNOWN, (sorted(defined - config_keys.KNOWN),
+                                        sorted(config_keys.KNOWN - defined))
+  assert set(config_keys.LOOP) == set(default.get_config().keys())
+  read = set()
+  for path in (ROOT / 'jaxrobust').rglob('*.py'):
+    if path.name == 'config_keys.py':  # its docstring's misspelt example
+      continue
+    source = path.read_text()
+    read |= set(re.findall(r"(?:config|cfg|\bc)\.get\(\s*'([a-z0-9_]+)'", source))
+    read |= set(re.findall(r"self\._(?:cfg|get)\('([a-z0-9_]+)'\)", source))
+    read |= set(re.findall(r"\bconfig\.([a-z][a-z0-9_]*)\b(?!\()", source)) - {
+        'get', 'keys', 'items', 'values', 'to_dict', 'copy_and_resolve_references', 'lock',
+        'unlock', 'json'}  # methods, and the saved 'config.json'
+  # the attack keys read through at.attack_settings(config, prefix, ...)
+  for prefix in ('advprop', 'pgd_at', 'trades', 'ews_search', 'auxtrain'):
+    read |= {f'{prefix}_{k}' for k in ('attack', 'eps', 'step_size', 'num_steps')}
+  assert read and read <= config_keys.KNOWN, sorted(read - config_keys.KNOWN)
+
+
+def test_a_misspelt_key_set_in_python_is_refused_with_the_closest_known_one():
+  from configs import ews_cifar  # pylint: disable=g-import-not-at-top
+  c = ews_cifar.get_config()
+  c.ews_lamda = 0.0  # unlocked ConfigDict: ml_collections accepts it
+  with pytest.raises(ValueError, match=r"Unknown config key\(s\): 'ews_lamda' \(did you mean "
+                                       r"'ews_lambda'\?\)"):
+    train.validate_config(c)

@@ -86,6 +86,20 @@ def test_eval_iterator_pads_and_masks_every_example_once(digits):
     assert count == 360 and len(n_batches) == 1  # every process yields as many batches
   source = data.InMemorySource(info, 'test')
   np.testing.assert_array_equal(np.concatenate(labels), source.labels)
+  images = [b['image'][b['mask'] > 0] for b in data.eval_iterator(info, global_batch_size=96)]
+  np.testing.assert_array_equal(np.concatenate(images), source.images.astype(np.float32) / 255)
+
+
+def test_a_split_stored_at_another_size_is_resized_per_example(digits):
+  info, source = digits  # 8x8 digits, stored at 10x10: the batched crop would keep 10x10
+  big = data.InMemorySource.__new__(data.InMemorySource)
+  big.images, big.labels = np.repeat(np.repeat(source.images, 2, 1), 2, 2)[:, :10, :10], source.labels
+  for augment in ('cifar', 'none'):
+    info_a = dataclasses.replace(info, augment=augment)
+    batch = next(data.train_iterator(info_a, global_batch_size=16, seed=0, source=big))
+    assert batch['image'].shape == (16, 8, 8, 1)
+    assert next(data.eval_iterator(info_a, global_batch_size=16, source=big))['image'].shape == (
+        16, 8, 8, 1)
 
 
 def _pad_crop_flip_reference(images, draws, flip):

@@ -164,7 +164,8 @@ def test_resumed_run_carries_on_the_totals_of_the_run_it_resumes(tmp_path):
   assert totals(60) == (0.0, 0)   # a later checkpoint: chain broken
   (tmp_path / 'results.json').write_text(json.dumps(
       {'step': 40, 'stopped_by': None, 'wall_time_s': 125.0, 'skipped_updates': 3}))
-  assert totals(40) == (0.0, 0)   # a finished run is not resumed
+  assert totals(40) == (125.0, 3)  # a finished run rerun (to log its missing evaluation)
+  assert totals(60) == (0.0, 0)
   (tmp_path / 'results.json').write_text('{"step": 40, "stopped_by": "SIGT')
   assert totals(40) == (0.0, 0)   # cut short by a kill: the resume goes on, counting from 0
 
@@ -279,9 +280,9 @@ def test_an_evaluation_cut_by_a_stop_is_run_on_resume(tmp_path, monkeypatch):
   assert evals() == []
   _, results = train.train_and_evaluate(config, str(tmp_path))
   assert results['step'] == 22 and evals() == [11, 22]
-  # a finished run owes nothing: run again, it only repeats its final evaluation
+  # a finished run owes nothing: run again, it neither trains nor evaluates
   train.train_and_evaluate(config, str(tmp_path))
-  assert evals() == [11, 22, 22]
+  assert evals() == [11, 22]
 
 
 # ----------------------------------------------------------------------------- checkpoints

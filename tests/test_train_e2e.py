@@ -4,7 +4,6 @@ import json
 import os
 
 import chex
-import jax
 import numpy as np
 
 from jaxrobust import checkpointing, parallel, train
@@ -25,6 +24,25 @@ def test_quickstart_style_run_leaves_checkpoint_metrics_and_results(tmp_path):
   saved = json.load(open(tmp_path / 'results.json'))
   assert 0.0 <= saved['eval_top1'] <= 1.0 and saved['eval_top5'] >= saved['eval_top1']
   assert json.load(open(tmp_path / 'config.json'))['model'] == 'resnet_tiny'
+
+
+def test_the_same_command_on_a_finished_run_changes_nothing(tmp_path, monkeypatch):
+  config = tiny_config(num_epochs=1.0)
+  _, first = train.train_and_evaluate(config, str(tmp_path))
+  log = (tmp_path / 'metrics.jsonl').read_text()
+
+  def no_data(*args, **kwargs):
+    raise AssertionError('a finished run decoded its data again')
+  monkeypatch.setattr(train.data, 'make_source', no_data)
+  state, again = train.train_and_evaluate(config, str(tmp_path))
+  assert again == first == json.load(open(tmp_path / 'results.json'))  # its time kept
+  assert (tmp_path / 'metrics.jsonl').read_text() == log  # no second evaluation logged
+  assert int(state.step) == first['step']
+  # a changed config is not the same run: it resumes (here: evaluates again) as before
+  monkeypatch.undo()
+  _, changed = train.train_and_evaluate(tiny_config(num_epochs=1.0, max_eval_examples=100),
+                                        str(tmp_path))
+  assert changed['step'] == first['step'] and changed['eval_top1'] != first['eval_top1']
 
 
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):

@@ -48,6 +48,13 @@ def check_int(name: str, v, *, low: int) -> int:
   return int(v)
 
 
+def check_bool(name: str, v) -> bool:
+  """Returns ``v`` if it is True or False (not a truthy string such as 'False'), else ValueError."""
+  if not isinstance(v, (bool, np.bool_)):
+    raise ValueError(f'{name} must be True or False, got {v!r}.')
+  return bool(v)
+
+
 def check_choice(name: str, v, allowed) -> None:
   """Raises ValueError if ``v`` is not one of ``allowed``."""
   if v not in allowed:

@@ -442,6 +442,13 @@ def make_source(info: DatasetInfo, split: str, data_dir: Optional[str] = None):
   return None
 
 
+def _batched(info: DatasetInfo, source) -> bool:
+  """Whether ``source``'s augmentation runs on whole batches: an in-memory split stored at the
+  model's size (as :func:`_load_split_arrays` stores it) with a crop, flip or nothing to do."""
+  return (isinstance(source, InMemorySource) and info.augment in BATCHED_AUGMENTATIONS
+          and tuple(source.images.shape[1:]) == tuple(info.image_shape))
+
+
 def _process_rows(rows: np.ndarray, process_index: int, process_count: int) -> np.ndarray:
   """Each process's contiguous part of every row (a global batch) of an index matrix."""
   local = rows.shape[1] // process_count
@@ -478,7 +485,7 @@ def train_iterator(info: DatasetInfo, *, global_batch_size: int, seed: int, star
     return
   fetch = source.fetch_fn(info)
   labels = tf.constant(source.labels)
-  batched = isinstance(source, InMemorySource) and info.augment in BATCHED_AUGMENTATIONS
+  batched = _batched(info, source)
 
   def load(index, epoch):
     seed_pair = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64),
@@ -561,10 +568,14 @@ def eval_iterator(info: DatasetInfo, *, global_batch_size: int, split: Optional[
   transform = _augment_fn(info.augment, info.image_shape, train=False)
   h, w, c = info.image_shape
   source = source or make_source(info, split, data_dir)
+  batched = _batched(info, source)
   if source is not None:
     idx = np.arange(process_index * per_process, min(n, (process_index + 1) * per_process))
-    read = source.fetch_fn(info)  # example index -> image, in the parallel map below
+    read = source.fetch_fn(info)  # example index (or a batch of them) -> image(s)
     ds = tf.data.Dataset.from_tensor_slices((idx.astype(np.int32), source.labels[idx]))
+    if batched:  # nothing to do but convert, so whole batches at once
+      transform = lambda images, _: tf.cast(images, tf.float32) / 255.0
+      ds = ds.batch(local)
   else:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     # The first n examples of the split, dealt out evenly (4, 4, 3 for n = 11 and 3 processes),
@@ -575,7 +586,8 @@ def eval_iterator(info: DatasetInfo, *, global_batch_size: int, split: Optional[
     ds = ds.map(lambda ex: (ex['image'], ex['label']))
     read = lambda image: image
   ds = ds.map(lambda x, lb: (transform(read(x), tf.zeros([2], tf.int64)), tf.cast(lb, tf.int32)),
-              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(local).prefetch(2)
+              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = (ds if batched else ds.batch(local)).prefetch(2)
   produced = 0
   for images, labels in ds.as_numpy_iterator():
     if produced == num_batches:

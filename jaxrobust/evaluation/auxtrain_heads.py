@@ -135,8 +135,11 @@ def main(argv):
   path = files.as_path(FLAGS.out or files.as_path(FLAGS.workdir) / 'auxtrain_heads.json')
   path.write_text(json.dumps({'step': run.step, 'max_examples': FLAGS.max_examples,
                               'accuracy': res}, indent=1))
-  print('| corruption | severity | primary (running stats) | head (running stats) | '
-        'primary (batch stats) | head (batch stats) |\n|---|---|---|---|---|---|')
+  # "running"/"batch": the statistics the BACKBONE normalises with (the heads' own BN always
+  # uses the batch's, as in training)
+  print('| corruption | severity | primary, backbone running stats | head, backbone running '
+        'stats | primary, backbone batch stats | head, backbone batch stats |\n'
+        '|---|---|---|---|---|---|')
   for name, per in res.items():
     for sev, r in per.items():
       print(f'| {name} | {sev} | {100 * r["primary_running"]:.1f} | '

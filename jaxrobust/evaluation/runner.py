@@ -26,7 +26,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxrobust import attacks, checkpointing, corruptions, data, files, models, parallel
+from jaxrobust import (attacks, checkpointing, config_keys, corruptions, data, files, models,
+                       parallel)
 from jaxrobust.evaluation import clean, frequency, metrics, noise_robustness, plots
 
 SUITES = ('clean', 'corruptions', 'tfds_corruptions', 'pgd', 'apgd', 'eps_star', 'frequency')
@@ -127,6 +128,11 @@ def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = mo
   if not path.exists():
     raise ValueError(f'{workdir!r} is not a training workdir: no config.json.')
   config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  retired = config_keys.unknown(config)
+  if retired:  # saved by a version that read them; this one would refuse the run for them
+    logging.warning('%s: ignoring config keys this version does not read: %s', workdir, retired)
+    for key in retired:
+      del config[key]
   for key, value in (overrides or {}).items():
     config[key] = value
   config.init_from = ''  # the run's own checkpoint is what gets loaded
@@ -393,7 +399,7 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
     attack_examples: examples for attacks, epsilon* and (at most 200) the frequency map.
     corruption_names: corruptions of the corruption suite.
     corruption_severities: their severities (e.g. ``(3,)`` for the whole test set at a
-      tenth of the cost of all five).
+      fifth of the cost of all five).
     baseline_errors: JSON of a baseline run's corruption errors for normalised CE/mCE (CIFAR,
       as in the Auxiliary Training paper's Eq. 8); default AlexNet's ImageNet-C errors, which
       are only meaningful for ImageNet.
@@ -484,14 +490,16 @@ def write_report(report: dict, out_dir: str) -> None:
               f' | **{100 * np.mean(means):.1f}** |')
     summary = report[suite].get('summary', {})
     keys = [k for k in summary if '/' not in k]
-    md += ['', 'Summary (unnormalised numbers are plain mean errors/accuracies; `*_normalized` '
-           'are CE ratios to the baseline — AlexNet for ImageNet-C, or a baseline run):', '']
-    if suite == 'corruptions' and report[suite].get('baseline') == 'alexnet':
-      md += ['The corruptions here are generated on device and approximate the published set '
-             '(no JPEG quality-85 re-save, a procedural frost): compare `*_normalized` with '
-             'published mCE through the `tfds_corruptions` suite, which reads the official one.',
-             '']
-    md += [f'- {k}: {summary[k]:.4f}' for k in keys] + ['']
+    if keys:  # (a subset of corruptions may leave only per-corruption entries)
+      md += ['', 'Summary (unnormalised numbers are plain mean errors/accuracies; `*_normalized` '
+             'are CE ratios to the baseline — AlexNet for ImageNet-C, or a baseline run):', '']
+      if suite == 'corruptions' and report[suite].get('baseline') == 'alexnet':
+        md += ['The corruptions here are generated on device and approximate the published set '
+               '(no JPEG quality-85 re-save, a procedural frost): compare `*_normalized` with '
+               'published mCE through the `tfds_corruptions` suite, which reads the official '
+               'one.', '']
+      md += [f'- {k}: {summary[k]:.4f}' for k in keys]
+    md += ['']
     (out / f'{suite}.csv').write_text('\n'.join(csv) + '\n')
     lines += md
     # The plots take fractions and label their axes in percent.

@@ -1,4 +1,4 @@
-"""EWS subnet analysis (Guo et al. 2022): subnet confidence (Figure 1), block vulnerability (Fig. 7).
+r"""EWS subnet analysis (Guo et al. 2022): subnet confidence (Figure 1), block vulnerability (Fig. 7).
 
 * :func:`evaluate_subnets` runs N subnets (a mask pytree with a leading [N] axis, see
   :mod:`jaxrobust.models.subnets`) over an evaluation set, optionally on perturbed images

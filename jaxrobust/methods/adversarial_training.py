@@ -111,7 +111,11 @@ def attack_settings(config, prefix: str, default_preset: str,
       raise ValueError(f'{prefix}_{key}={value!r}: preset {name!r} ({attack}) has no {key}; '
                        f'it takes {sorted(kwargs)}.')
     kwargs[key] = value
-  validation.check_range(f'{prefix}_eps', kwargs['eps'], low=0.0)
+  eps = kwargs['eps']
+  validation.check_range(f'{prefix}_eps', eps, low=0.0)
+  if kwargs.get('norm', 'linf') == 'linf' and float(eps) > 1:  # the papers' 0-255 units
+    raise ValueError(f'{prefix}_eps={eps!r}: an L-inf radius is in [0, 1] pixel units (images '
+                     f'are in [0, 1]); allowed: [0, 1]. Did you mean {eps}/255 = {eps / 255:.4f}?')
   if 'step_size' in kwargs:
     validation.check_range(f'{prefix}_step_size', kwargs['step_size'], low=0.0)
   if 'num_steps' in kwargs:
@@ -122,12 +126,6 @@ def attack_settings(config, prefix: str, default_preset: str,
 def attack_steps(kwargs: dict) -> int:
   """Gradient steps of a PGD-family attack (FGSM: 1)."""
   return int(kwargs.get('num_steps', 1))
-
-
-def check_choice(key: str, value, allowed) -> None:
-  """ValueError naming ``key``, the bad value and the allowed ones."""
-  if value not in allowed:
-    raise ValueError(f'Unknown {key} {value!r}; allowed values: {tuple(allowed)}.')
 
 
 def check_nonnegative(key: str, value) -> float:
@@ -151,7 +149,7 @@ def make_logits_fn(model, params, batch_stats: dict, *, domain: str = MAIN,
       running statistics.
     rngs: dropout rngs for train-mode passes.
   """
-  check_choice('bn_mode', bn_mode, BN_MODES)
+  validation.check_choice('bn_mode', bn_mode, BN_MODES)
   train = bn_mode == 'batch'
 
   def logits_fn(x):
@@ -297,8 +295,7 @@ class PGDAdversarialTraining(Method):
     self.attack, self.attack_kwargs = attack_settings(c, self.prefix, self.default_preset,
                                                       self.allowed_presets)
     self.craft_bn = c.get(f'{self.prefix}_craft_bn', self.default_craft_bn)
-    check_choice(f'{self.prefix}_craft_bn', self.craft_bn, BN_MODES)
-    self.label_smoothing = c.get('label_smoothing', 0.0)
+    validation.check_choice(f'{self.prefix}_craft_bn', self.craft_bn, BN_MODES)
     self._validate_weights()
 
   def _validate_weights(self) -> None:

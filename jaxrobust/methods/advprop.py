@@ -52,13 +52,14 @@ BNs for clean images with AutoAugment and adversarial examples". Our input pipel
 standard augmentation (random crop + flip, the paper's non-AutoAugment pre-processing), so:
 
 * ``'main'`` gets the batch as the pipeline delivers it (standard augmentation only);
-* ``'aux_augment'`` gets the same batch after an on-device RandAugment
-  (:func:`jaxrobust.augmentations.rand_augment`; Cubuk et al. 2019: the AutoAugment operations
-  sampled uniformly, N ops at magnitude M, ``advprop_augment_ops=2``,
-  ``advprop_augment_magnitude=9``) standing in for the fixed AutoAugment policy, which is not
-  available as a jittable transform;
+* ``'aux_augment'`` gets the same batch after an on-device AutoAugment with the learned policy
+  of ``advprop_augment`` (``'autoaugment_cifar10'`` or ``'autoaugment_imagenet'``,
+  :func:`jaxrobust.augmentations.autoaugment`; the configs pick the dataset's), or after
+  RandAugment (``'randaugment'``, :func:`jaxrobust.augmentations.rand_augment`: the AutoAugment
+  operations sampled uniformly, ``advprop_augment_ops`` N = 2 at ``advprop_augment_magnitude``
+  M = 9; also what a saved run without the key trained with);
 * ``'aux_adv'`` gets adversarial examples crafted through ``'aux_adv'`` from the
-  RandAugment-ed images (``advprop_adv_source='augmented'``: in standard AdvProp-with-AutoAugment
+  augmented images (``advprop_adv_source='augmented'``: in standard AdvProp-with-AutoAugment
   the adversarial examples are made from the training images, which are AutoAugment-ed) or from
   the pipeline batch (``'clean'``).
 
@@ -76,18 +77,20 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxrobust.attacks import presets
-from jaxrobust.augmentations import rand_augment
+from jaxrobust.attacks import presets, validation
+from jaxrobust import augmentations
 from jaxrobust.methods import adversarial_training as at
 from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Method
-from jaxrobust.models import MAIN, apply_model
+from jaxrobust.models import AUX, MAIN, apply_model
 
-AUX = 'aux'
 AUX_AUGMENT = 'aux_augment'
 AUX_ADV = 'aux_adv'
 ADVPROP_PRESETS = tuple(n for n in presets.NAMES if n.startswith('advprop_'))
 LOSS_REDUCTIONS = ('sum', 'mean')
+# The aux_augment domain's augmentation (fine-grained AdvProp): AutoAugment's learned policies,
+# or RandAugment.
+AUGMENTS = ('randaugment',) + tuple(f'autoaugment_{p}' for p in augmentations.AUTOAUGMENT_POLICIES)
 ADV_SOURCES = ('augmented', 'clean')
 DEFAULT_PRESET = 'advprop_pgd5'
 
@@ -97,7 +100,7 @@ DEFAULT_PRESET = 'advprop_pgd5'
 
 def advprop_loss(domain_losses: Sequence[jax.Array], reduction: str = 'sum') -> jax.Array:
   """Combines the per-domain mean cross-entropies: their sum (Algorithm 1) or their mean."""
-  at.check_choice('advprop_loss', reduction, LOSS_REDUCTIONS)
+  validation.check_choice('advprop_loss', reduction, LOSS_REDUCTIONS)
   total = functools.reduce(jnp.add, domain_losses)
   return total if reduction == 'sum' else total / len(domain_losses)
 
@@ -130,12 +133,6 @@ def domain_forward(model, params, batch_stats: dict, groups, labels, rng, *,
 # ------------------------------------------------------------------------------- the method
 
 
-def _check_bool(key, value):
-  if not isinstance(value, bool):
-    raise ValueError(f'{key} must be True or False, got {value!r}.')
-  return value
-
-
 @register('advprop')
 class AdvProp(Method):
   """AdvProp (and fine-grained AdvProp); the module docstring states algorithm, loss and BN rule.
@@ -143,8 +140,10 @@ class AdvProp(Method):
   Config keys (defaults in brackets): ``advprop_attack`` ['advprop_pgd5'], ``advprop_eps``,
   ``advprop_step_size``, ``advprop_num_steps`` [None: the preset's], ``advprop_targeted`` [False],
   ``advprop_craft_bn`` ['batch' | 'running'], ``advprop_loss`` ['sum' | 'mean'],
-  ``advprop_fine_grained`` [False], ``advprop_augment_ops`` [2], ``advprop_augment_magnitude``
-  [9], ``advprop_adv_source`` ['augmented' | 'clean'], ``advprop_eval_aux`` [False].
+  ``advprop_fine_grained`` [False], ``advprop_augment`` ['randaugment' |
+  'autoaugment_cifar10' | 'autoaugment_imagenet'], ``advprop_augment_ops`` [2],
+  ``advprop_augment_magnitude`` [9] (RandAugment's), ``advprop_adv_source`` ['augmented' |
+  'clean'], ``advprop_eval_aux`` [False].
   """
 
   def validate(self) -> None:
@@ -152,14 +151,17 @@ class AdvProp(Method):
     self.attack, self.attack_kwargs = at.attack_settings(c, 'advprop', DEFAULT_PRESET,
                                                          ADVPROP_PRESETS)
     self.craft_bn = c.get('advprop_craft_bn', 'batch')
-    at.check_choice('advprop_craft_bn', self.craft_bn, at.BN_MODES)
+    validation.check_choice('advprop_craft_bn', self.craft_bn, at.BN_MODES)
     self.reduction = c.get('advprop_loss', 'sum')
-    at.check_choice('advprop_loss', self.reduction, LOSS_REDUCTIONS)
-    self.targeted = _check_bool('advprop_targeted', c.get('advprop_targeted', False))
-    self.fine_grained = _check_bool('advprop_fine_grained', c.get('advprop_fine_grained', False))
-    self.eval_aux = _check_bool('advprop_eval_aux', c.get('advprop_eval_aux', False))
+    validation.check_choice('advprop_loss', self.reduction, LOSS_REDUCTIONS)
+    self.targeted = validation.check_bool('advprop_targeted', c.get('advprop_targeted', False))
+    self.fine_grained = validation.check_bool('advprop_fine_grained',
+                                              c.get('advprop_fine_grained', False))
+    self.eval_aux = validation.check_bool('advprop_eval_aux', c.get('advprop_eval_aux', False))
     self.adv_source = c.get('advprop_adv_source', 'augmented')
-    at.check_choice('advprop_adv_source', self.adv_source, ADV_SOURCES)
+    validation.check_choice('advprop_adv_source', self.adv_source, ADV_SOURCES)
+    self.augment = c.get('advprop_augment', 'randaugment')
+    validation.check_choice('advprop_augment', self.augment, AUGMENTS)
     ops = c.get('advprop_augment_ops', 2)
     if isinstance(ops, bool) or not isinstance(ops, int) or ops < 0:
       raise ValueError(f'advprop_augment_ops={ops!r} is out of range; allowed: integers >= 0.')
@@ -170,7 +172,6 @@ class AdvProp(Method):
       raise ValueError(f'advprop_augment_magnitude={magnitude!r} is out of range; allowed: '
                        '[0, 10].')
     self.augment_magnitude = float(magnitude)
-    self.label_smoothing = c.get('label_smoothing', 0.0)
 
   # -- state shape ----------------------------------------------------------------------
   @property
@@ -191,6 +192,12 @@ class AdvProp(Method):
     return at.attack_steps(self.attack_kwargs) + len(self.bn_domains())
 
   # -- the step -------------------------------------------------------------------------
+  def augment_images(self, x, rng):
+    """The ``'aux_augment'`` domain's images: ``advprop_augment`` applied to ``x``."""
+    if self.augment == 'randaugment':
+      return augmentations.rand_augment(x, rng, self.augment_ops, self.augment_magnitude)
+    return augmentations.autoaugment(x, rng, self.augment[len('autoaugment_'):])
+
   def domain_batches(self, params, batch_stats, x, y, rng):
     """The ``(domain, images)`` groups of a step: clean, [augmented,] adversarial.
 
@@ -200,7 +207,7 @@ class AdvProp(Method):
     groups = [(MAIN, x)]
     source = x
     if self.fine_grained:
-      x_aug = rand_augment(x, k_aug, self.augment_ops, self.augment_magnitude)
+      x_aug = self.augment_images(x, k_aug)
       groups.append((AUX_AUGMENT, x_aug))
       if self.adv_source == 'augmented':
         source = x_aug

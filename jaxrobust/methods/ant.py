@@ -97,8 +97,10 @@ DEFAULTS = {
     'ant_current_fraction': 0.3,     # 30% current generator,
     'ant_replay_fraction': 0.2,      # 20% replayed past generators
     'ant_replay_every': 100,
-    'ant_replay_size': 20,
-    'ant_restart_every': 0,          # 0 = no restarts
+    'ant_replay_size': 40,
+    # Section 3.2: restarting the generator from scratch at intervals "has been crucial"; every
+    # 390 steps is configs/ant_cifar.py's (a CIFAR epoch at batch 128). 0 = no restarts.
+    'ant_restart_every': 390,
     'ant_restart_steps': 100,
     'ant_restart_chunk': 8,          # generator steps per compiled call of the restart hook
     'ant_generator_bn': 'running',
@@ -295,9 +297,8 @@ class ANT(Method):
                                                        dropout_rng), y)
 
     loss, grads = jax.value_and_grad(neg_ce)(gen)
-    grads = jax.lax.pmean(grads, parallel.AXIS)
-    updates, gen_opt = self.gen_tx.update(grads, gen_opt, gen)
-    return optax.apply_updates(gen, updates), gen_opt, -loss
+    gen, gen_opt = common.synced_update(self.gen_tx, grads, gen_opt, gen)
+    return gen, gen_opt, -loss
 
   def generator_phase(self, state, batch, rng):
     """``ant_gen_steps`` generator updates (a ``lax.scan``) against the frozen classifier.
@@ -347,7 +348,7 @@ class ANT(Method):
     state, ces = self.generator_phase(state, batch, gen_rng)
     x, _, _ = self.compose_batch(state.extras, batch['image'], mix_rng)
     labels = batch['label']
-    smoothing = self.config.get('label_smoothing', 0.0)
+    smoothing = self.label_smoothing
     # One pass over the mixed batch: BN batch statistics of the mixture, updates `main`.
     state, loss, logits = common.single_pass_update(
         self.model, self.tx, state, x,

@@ -46,10 +46,11 @@ Inference: only the primary classifier. The heads live in ``state.extras``, neve
 a vanilla model) and the loop's evaluation and checkpoints need nothing special.
 
 Adversarial variant (Table 8, ``auxtrain_adversarial=True``): x_0 is a PGD example of x
-(``auxtrain_attack``, a ``jaxrobust.attacks.presets`` name; Madry PGD-10, eps 8/255 by
-default, untargeted, random start), crafted on the current primary path with batch statistics
-and running statistics untouched; the auxiliary classifiers keep the natural corruptions of the
-clean x, and the running statistics come from the adversarial group.
+(``auxtrain_attack``, a cross-entropy preset of ``jaxrobust.attacks.presets``, with optional
+``auxtrain_eps``/``auxtrain_step_size``/``auxtrain_num_steps`` overrides as for PGD-AT; Madry
+PGD-10, eps 8/255 by default, untargeted, random start), crafted on the current primary path
+with batch statistics and running statistics untouched; the auxiliary classifiers keep the
+natural corruptions of the clean x, and the running statistics come from the adversarial group.
 
 Ablations (Table 9): ``auxtrain_selective_bn``, ``auxtrain_distillation``,
 ``auxtrain_attention``, ``auxtrain_weight_merging`` (each True by default).
@@ -60,10 +61,8 @@ Config keys (defaults in ``DEFAULTS``; configs/auxtrain_*.py set them explicitly
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxrobust import corruptions
-from jaxrobust.attacks import presets
 from jaxrobust.methods import adversarial_training as at
 from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Method
@@ -137,8 +136,8 @@ class AuxTrain(Method):
     variant adds the attack's passes. The heads come on top: not counted, though with attention
     each costs about 0.3 vanilla steps of ResNet-8-wide (README, Benchmarks)."""
     passes = 1.0 + self.num_heads
-    if bool(self._cfg('auxtrain_adversarial')):
-      passes += int(presets.attack_kwargs(self._cfg('auxtrain_attack')).get('num_steps', 1))
+    if self.adversarial:
+      passes += at.attack_steps(self.attack_kwargs)
     return passes
 
   def alphas(self) -> tuple:
@@ -194,8 +193,10 @@ class AuxTrain(Method):
     if not 0.0 < number('auxtrain_bottleneck_ratio') <= 4.0:
       raise ValueError(f'auxtrain_bottleneck_ratio must be in (0, 4], got '
                        f'{self._cfg("auxtrain_bottleneck_ratio")!r}.')
-    if self._cfg('auxtrain_adversarial'):
-      presets.get(self._cfg('auxtrain_attack'))  # ValueError listing the valid presets
+    self.adversarial = bool(self._cfg('auxtrain_adversarial'))
+    if self.adversarial:  # ValueError naming the allowed presets, or a bad override
+      self.attack, self.attack_kwargs = at.attack_settings(
+          self.config, 'auxtrain', DEFAULTS['auxtrain_attack'], at.PGD_AT_PRESETS)
 
   # -- state -----------------------------------------------------------------------------
   def head(self, num_classes: int) -> aux_heads.AuxClassifier:
@@ -241,12 +242,12 @@ class AuxTrain(Method):
     The attack runs on the primary path with batch statistics (dropout on, with a key of its
     own) and changes no running statistics.
     """
-    if not self._cfg('auxtrain_adversarial'):
+    if not self.adversarial:
       return x
     k_start, k_dropout = jax.random.split(rng)
-    logits_fn = at.make_logits_fn(self.model, params, batch_stats, domain=MAIN, bn_mode='batch',
-                                  rngs={'dropout': k_dropout})
-    return presets.build(self._cfg('auxtrain_attack'))(logits_fn, x, y, k_start)
+    return at.craft(self.model, params, batch_stats, x, y, k_start, attack=self.attack,
+                    attack_kwargs=self.attack_kwargs, domain=MAIN, bn_mode='batch',
+                    dropout_rng=k_dropout)
 
   def forward_groups(self, params, batch_stats, xs, rng):
     """Backbone on every group with selective BN.
@@ -300,7 +301,7 @@ class AuxTrain(Method):
       ``(loss, aux)`` with ``aux = {'batch_stats', 'primary_logits', 'aux_logits', 'ce_primary',
       'ce_aux' [t], 'kl' [t], 'distance' [t]}``.
     """
-    ls = self.config.get('label_smoothing', 0.0)
+    ls = self.label_smoothing
     outs, new_stats = self.forward_groups(params, batch_stats, xs, rng)
     primary = outs['logits'][0]
     num_classes = primary.shape[-1]
@@ -333,11 +334,9 @@ class AuxTrain(Method):
     (loss, aux), (g_params, g_heads) = jax.value_and_grad(
         loss_fn, argnums=(0, 1), has_aux=True)(state.params, heads)
     new_state = common.apply_gradients(state, g_params, self.tx)
-    g_heads = jax.lax.pmean(g_heads, AXIS)
-    updates, head_opt = self.tx.update(g_heads, state.extras['opt_state'], heads)
-    new_state = new_state.replace(
-        batch_stats=aux['batch_stats'],
-        extras={'heads': optax.apply_updates(heads, updates), 'opt_state': head_opt})
+    heads, head_opt = common.synced_update(self.tx, g_heads, state.extras['opt_state'], heads)
+    new_state = new_state.replace(batch_stats=aux['batch_stats'],
+                                  extras={'heads': heads, 'opt_state': head_opt})
 
     metrics = {'loss': loss, 'accuracy': common.accuracy(aux['primary_logits'], y),
                'ce_primary': aux['ce_primary'], 'ce_aux': jnp.mean(aux['ce_aux']),
@@ -346,8 +345,3 @@ class AuxTrain(Method):
     for j, name in enumerate(self.corruption_names):
       metrics[f'aux_accuracy_{name}'] = common.accuracy(aux['aux_logits'][j], y)
     return new_state, metrics
-
-  def export(self, state) -> dict:
-    """The primary path only: backbone params (its FC is the primary classifier) and ``main``
-    statistics. Auxiliary heads live in ``state.extras`` and are dropped."""
-    return super().export(state)

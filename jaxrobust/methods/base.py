@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 from absl import logging
 
+from jaxrobust import models
 from jaxrobust.models import MAIN
 
 
@@ -66,9 +67,13 @@ class Method:
   def __init__(self, config):
     self.config = config
     self.ctx: Optional[Context] = None
+    # every method's cross-entropy targets (range checked by train.validate_config)
+    self.label_smoothing = float(config.get('label_smoothing', 0.0))
     if config.get('augmix', False) and not self.supports_augmix:
+      from jaxrobust import methods  # pylint: disable=g-import-not-at-top
+      able = ', '.join(repr(n) for n in methods.names() if methods.get(n).supports_augmix)
       raise ValueError(f'augmix=True: method {self.name!r} does not train on AugMix views; the '
-                       "methods that do are 'vanilla' and 'ews' (natural training).")
+                       f'methods that do are {able} (natural training).')
     self.validate()
 
   # -- the shape of the state ------------------------------------------------------------
@@ -126,6 +131,5 @@ class Method:
 
   def export(self, state) -> dict:
     """The variables of the deployable model: ``{'params', 'batch_stats'}`` of the main path."""
-    from jaxrobust import models  # pylint: disable=g-import-not-at-top
     return {'params': models.export_params(state.params, self.affine_domains()),
             'batch_stats': state.batch_stats[MAIN]}

@@ -31,21 +31,17 @@ def stream_key(run_key, name: str, counter) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(run_key, tag), counter)
 
 
-def cross_entropy(logits, labels, label_smoothing: float = 0.0, weights=None):
-  """Mean softmax cross-entropy with integer labels (optionally label-smoothed / weighted)."""
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes)
+def per_example_ce(logits, labels, label_smoothing: float = 0.0):
+  """Softmax cross-entropy of each example with integer labels (optionally label-smoothed): [B]."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
   if label_smoothing:
     targets = optax.smooth_labels(targets, label_smoothing)
-  losses = optax.softmax_cross_entropy(logits, targets)
-  if weights is None:
-    return jnp.mean(losses)
-  return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  return optax.softmax_cross_entropy(logits, targets)
 
 
-def soft_cross_entropy(logits, target_probs):
-  """Mean cross-entropy against probability targets: ``-mean_i sum_k t_ik log softmax(z_i)_k``."""
-  return jnp.mean(-jnp.sum(target_probs * jax.nn.log_softmax(logits), axis=-1))
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """Mean softmax cross-entropy with integer labels (optionally label-smoothed)."""
+  return jnp.mean(per_example_ce(logits, labels, label_smoothing))
 
 
 KL_REDUCTIONS = ('batchmean', 'mean')
@@ -55,10 +51,12 @@ def distillation_kl(teacher_logits, student_logits, temperature: float = 1.0,
                     reduction: str = 'batchmean'):
   """``KL(p_teacher || p_student)`` with the teacher side ``stop_gradient``-ed.
 
-  ``batchmean``: ``(1/B) sum_i sum_k p_ik (log p_ik - log q_ik)`` (PyTorch's
-  ``reduction='batchmean'``, the KL divergence per example); ``mean``: the same divided by the
-  number of classes K (PyTorch's default ``reduction='mean'`` of ``nn.KLDivLoss``, an average over
-  the B*K elements; the EWS authors' code uses it, so their lambda is in these units).
+  ``batchmean``: ``T^2 (1/B) sum_i sum_k p_ik (log p_ik - log q_ik)`` with ``p = softmax(t/T)``
+  and ``q = softmax(s/T)`` (PyTorch's ``reduction='batchmean'``, the KL divergence per example,
+  times Hinton et al.'s ``T^2`` that keeps gradients on one scale); ``mean``: the same divided
+  by the number of classes K (PyTorch's default ``reduction='mean'`` of ``nn.KLDivLoss``, an
+  average over the B*K elements; the EWS authors' code uses it, so their lambda is in these
+  units).
   Distillation moves the student towards the teacher, never the teacher towards the student.
   """
   if reduction not in KL_REDUCTIONS:
@@ -112,13 +110,23 @@ def accuracy(logits, labels):
   return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 
 
-def apply_gradients(state, grads, tx, *, params_field: str = 'params'):
-  """Averages per-device gradients over ``'batch'``, applies ``tx`` and counts the step."""
-  grads = jax.lax.pmean(grads, AXIS)
-  params = getattr(state, params_field)
-  updates, opt_state = tx.update(grads, state.opt_state, params)
-  return state.replace(**{params_field: optax.apply_updates(params, updates)},
-                       opt_state=opt_state, step=state.step + 1)
+def synced_update(tx, grads, opt_state, params):
+  """One step of optimizer ``tx`` on gradients averaged over the ``'batch'`` devices.
+
+  Every parameter set a method trains (the network, AuxTrain's heads, EWS's controller, ANT's
+  noise generator) steps through here, so that no device applies its own shard's gradient.
+
+  Returns:
+    ``(new_params, new_opt_state)``.
+  """
+  updates, opt_state = tx.update(jax.lax.pmean(grads, AXIS), opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def apply_gradients(state, grads, tx):
+  """The network's :func:`synced_update`, counting the step."""
+  params, opt_state = synced_update(tx, grads, state.opt_state, state.params)
+  return state.replace(params=params, opt_state=opt_state, step=state.step + 1)
 
 
 def gradient_step(state, tx, loss_fn, *, at_params=None):
@@ -141,10 +149,6 @@ def gradient_step(state, tx, loss_fn, *, at_params=None):
   params = state.params if at_params is None else at_params
   (loss, (stats, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   return apply_gradients(state, grads, tx).replace(batch_stats=stats), loss, aux
-
-
-def global_norm(tree):
-  return optax.global_norm(tree)
 
 
 def single_pass_update(model, tx, state, x, loss_of_logits, dropout_rng):

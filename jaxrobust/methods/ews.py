@@ -114,6 +114,7 @@ from absl import logging
 from jax.sharding import PartitionSpec as P
 
 from jaxrobust import augmentations, parallel
+from jaxrobust.attacks import validation
 from jaxrobust.methods import adversarial_training as at
 from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Hook, Method
@@ -212,7 +213,9 @@ class EWS(Method):
   ``ews_search_fraction`` (0.1), ``ews_search_num_subnets`` (C = 8), ``ews_search_on``
   ('auto' | 'clean' | 'adversarial'; auto = adversarial for the adversarial bases),
   ``ews_search_attack`` (a preset for the adversarial search of the natural base; default
-  'madry_pgd10'), ``ews_controller_lr`` (Adam, 1e-2), ``ews_controller_hidden`` (100),
+  'madry_pgd10') with optional ``ews_search_eps`` / ``ews_search_step_size`` /
+  ``ews_search_num_steps`` overrides and ``ews_search_craft_bn`` ('batch' | 'running'),
+  ``ews_controller_lr`` (Adam, 1e-2), ``ews_controller_hidden`` (100),
   ``ews_entropy_weight`` (1e-4), ``ews_baseline_decay`` (0.95), ``ews_compare_batches`` (4),
   ``ews_controller_restart`` (True: every search starts from a freshly initialised controller),
   ``awp_gamma`` (0 = off), ``awp_warmup_epochs`` (0).
@@ -233,29 +236,27 @@ class EWS(Method):
                  'trades': at.TRADES}[self.base_kind]
     if self.base is not None:
       self.base = self.base(c)  # validates the base's own keys (pgd_at_* / trades_*)
-    self.label_smoothing = float(c.get('label_smoothing', 0.0))
     self.augmix = augmentations.AugMixSettings.from_config(c)
     self.lam = (at.check_nonnegative('ews_lambda', c.get('ews_lambda', 1.0))
                 if self.uses_ews else 0.0)
     self.kl_reduction = c.get('ews_kl_reduction', 'mean')
-    at.check_choice('ews_kl_reduction', self.kl_reduction, common.KL_REDUCTIONS)
+    validation.check_choice('ews_kl_reduction', self.kl_reduction, common.KL_REDUCTIONS)
     self.rho = subnets.check_rho(c.get('ews_rho', 0.5))
     if self.rho >= 1.0:
       raise ValueError(f'ews_rho={self.rho}: a subnet needs rho in (0, 1) (rho = 1 is the full '
                        'network and makes the distillation loss 0).')
     self.search = c.get('ews_search', 'controller')
-    at.check_choice('ews_search', self.search, SEARCHES)
+    validation.check_choice('ews_search', self.search, SEARCHES)
     self.search_every_epochs = float(c.get('ews_search_every_epochs', 10.0))
     if not self.search_every_epochs > 0:
       raise ValueError(f'ews_search_every_epochs must be > 0, got {self.search_every_epochs}.')
     self.search_fraction = float(c.get('ews_search_fraction', 0.1))
     if not 0.0 < self.search_fraction <= 1.0:
       raise ValueError(f'ews_search_fraction must be in (0, 1], got {self.search_fraction}.')
-    self.num_subnets = int(c.get('ews_search_num_subnets', 8))
-    if self.num_subnets < 1:
-      raise ValueError(f'ews_search_num_subnets must be >= 1, got {self.num_subnets}.')
+    self.num_subnets = validation.check_int('ews_search_num_subnets',
+                                            c.get('ews_search_num_subnets', 8), low=1)
     search_on = c.get('ews_search_on', 'auto')
-    at.check_choice('ews_search_on', search_on, SEARCH_ON)
+    validation.check_choice('ews_search_on', search_on, SEARCH_ON)
     self.search_adversarial = (search_on == 'adversarial' or
                                (search_on == 'auto' and self.base is not None))
     self.search_attack = None
@@ -263,7 +264,7 @@ class EWS(Method):
       self.search_attack = at.attack_settings(c, 'ews_search', 'madry_pgd10',
                                               at.PGD_AT_PRESETS + at.TRADES_PRESETS)
       self.search_craft_bn = c.get('ews_search_craft_bn', 'batch')
-      at.check_choice('ews_search_craft_bn', self.search_craft_bn, at.BN_MODES)
+      validation.check_choice('ews_search_craft_bn', self.search_craft_bn, at.BN_MODES)
     else:  # an attack setting that would do nothing is an error, not silently ignored
       unused = [k for k in ('ews_search_eps', 'ews_search_step_size', 'ews_search_num_steps')
                 if c.get(k) is not None]
@@ -278,18 +279,17 @@ class EWS(Method):
     self.controller_lr = float(c.get('ews_controller_lr', 1e-2))
     if not self.controller_lr > 0:
       raise ValueError(f'ews_controller_lr must be > 0, got {self.controller_lr}.')
-    self.controller_hidden = int(c.get('ews_controller_hidden', 100))
-    if self.controller_hidden < 1:
-      raise ValueError(f'ews_controller_hidden must be >= 1, got {self.controller_hidden}.')
+    self.controller_hidden = validation.check_int('ews_controller_hidden',
+                                                  c.get('ews_controller_hidden', 100), low=1)
     self.entropy_weight = at.check_nonnegative('ews_entropy_weight',
                                                c.get('ews_entropy_weight', 1e-4))
     self.baseline_decay = float(c.get('ews_baseline_decay', 0.95))
     if not 0.0 <= self.baseline_decay <= 1.0:
       raise ValueError(f'ews_baseline_decay must be in [0, 1], got {self.baseline_decay}.')
-    self.controller_restart = bool(c.get('ews_controller_restart', True))
-    self.compare_batches = int(c.get('ews_compare_batches', 4))
-    if self.compare_batches < 0:
-      raise ValueError(f'ews_compare_batches must be >= 0, got {self.compare_batches}.')
+    self.controller_restart = validation.check_bool('ews_controller_restart',
+                                                    c.get('ews_controller_restart', True))
+    self.compare_batches = validation.check_int('ews_compare_batches',
+                                                c.get('ews_compare_batches', 4), low=0)
     self.awp_gamma = at.check_nonnegative('awp_gamma', c.get('awp_gamma', self.default_awp_gamma))
     self.awp_warmup_epochs = at.check_nonnegative('awp_warmup_epochs',
                                                   c.get('awp_warmup_epochs', 0.0))
@@ -334,20 +334,6 @@ class EWS(Method):
     subnet_passes = full_passes if self.has_subnets else 0
     awp_passes = full_passes if self.awp_gamma > 0 else 0
     return base_cost + subnet_passes + awp_passes
-
-  def search_cost(self) -> float:
-    """Cost of one search phase in forward+backward passes of a batch (a forward = 1/3).
-
-    Per batch of ``D_s``: ``C`` subnet forwards (+ the attack for the adversarial search); then
-    ``2 C`` forwards per comparison batch. The controller's own update is negligible.
-    """
-    attack = 0.0
-    if self.search_adversarial:
-      kwargs = self.base.attack_kwargs if self.base is not None else self.search_attack[1]
-      attack = float(at.attack_steps(kwargs))
-    per_batch = self.num_subnets / 3 + attack
-    return self.search_batches() * per_batch + self.compare_batches * (
-        2 * self.num_subnets / 3 + attack)
 
   # -- state ------------------------------------------------------------------------------
   def init_extras(self, rng, params, batch_stats):
@@ -536,9 +522,9 @@ class EWS(Method):
                                            self.entropy_weight), ents
 
     (loss, ents), grads = jax.value_and_grad(pg_loss, has_aux=True)(ctrl['params'])
-    grads = jax.lax.pmean(grads, parallel.AXIS)
-    updates, opt_state = self.controller_tx.update(grads, ctrl['opt_state'], ctrl['params'])
-    ctrl = {'params': optax.apply_updates(ctrl['params'], updates), 'opt_state': opt_state,
+    cparams, opt_state = common.synced_update(self.controller_tx, grads, ctrl['opt_state'],
+                                              ctrl['params'])
+    ctrl = {'params': cparams, 'opt_state': opt_state,
             'baseline': controller_lib.update_baseline(baseline, rewards, self.baseline_decay),
             'steps': ctrl['steps'] + 1}
     metrics = {'reward': jnp.mean(rewards), 'baseline': baseline, 'pg_loss': loss,
@@ -683,7 +669,7 @@ class AWP(EWS):
 
   def _resolve_base_name(self) -> str:
     base = self.config.get('awp_base', 'pgd_at')
-    at.check_choice('awp_base', base, AWP_BASES)
+    validation.check_choice('awp_base', base, AWP_BASES)
     return base
 
   def validate(self) -> None:

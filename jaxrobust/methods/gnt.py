@@ -37,8 +37,6 @@ from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Method
 
 NOISES = ('gaussian', 'speckle')
-# Section 3.1/4: the set matching ImageNet-C's Gaussian-noise severities ("GNT_mult").
-IMAGENET_C_GAUSSIAN_SIGMAS = (0.08, 0.12, 0.18, 0.26, 0.38)
 DEFAULTS = {'gnt_noise': 'gaussian', 'gnt_sigmas': (0.5,), 'gnt_clean_fraction': 0.5}
 
 
@@ -122,7 +120,7 @@ class GNT(Method):
     clean_fraction = float(self._get('gnt_clean_fraction'))
     x, _ = noise_batch(batch['image'], noise_rng, noise=self._get('gnt_noise'),
                        sigmas=self.sigmas, clean_fraction=clean_fraction)
-    smoothing = self.config.get('label_smoothing', 0.0)
+    smoothing = self.label_smoothing
     # One pass over the mixed batch: BN batch statistics of clean+noisy, updates `main`.
     state, loss, logits = common.single_pass_update(
         self.model, self.tx, state, x,

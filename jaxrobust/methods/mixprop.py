@@ -26,8 +26,8 @@ are drawn within each device's shard (a global permutation would need an all-to-
 
 **Mixup** (``'mixup'``; Zhang et al. 2018, as the MixProp paper's baseline, section 4.2: "we
 apply mixup to half of the clean samples in each batch under a single set of BN layers"). Of each
-(per-device) batch of b examples the last ``m = round(mixup_fraction * b)`` (``mixup_fraction =
-0.5``) are replaced by ``lambda * x_i + (1 - lambda) * x_pi(i)`` with ``pi`` a permutation of the
+(per-device) batch of b examples the last ``m = max(1, round(mixup_fraction * b))``
+(``mixup_fraction = 0.5``) are replaced by ``lambda * x_i + (1 - lambda) * x_pi(i)`` with ``pi`` a permutation of the
 whole batch and ``lambda ~ Beta(mixup_alpha, mixup_alpha)`` per batch; one train-mode pass of the
 b examples through ``'main'`` (which updates ``'main'``), loss
 ``(1/b) [sum_clean CE(f(x_i), y_i) + sum_mixed (lambda CE(f(x'_i), y_i) + (1 - lambda)
@@ -40,14 +40,11 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from jaxrobust.attacks import validation
 from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Method
-from jaxrobust.models import MAIN, apply_model
-
-AUX = 'aux'
+from jaxrobust.models import AUX, MAIN, apply_model
 
 
 # ------------------------------------------------------------------------------- pure pieces
@@ -86,14 +83,6 @@ def mix(x: jax.Array, perm: jax.Array, lam) -> jax.Array:
   return lam * x + (1.0 - lam) * x[perm]
 
 
-def per_example_ce(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0):
-  """Softmax cross-entropy per example [B] (optionally label-smoothed)."""
-  targets = jax.nn.one_hot(labels, logits.shape[-1])
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets)
-
-
 def mixup_cross_entropy(logits, labels_a, labels_b, lam, label_smoothing: float = 0.0):
   """``lambda * CE(logits, y_a) + (1 - lambda) * CE(logits, y_b)``, each a batch mean."""
   return (lam * common.cross_entropy(logits, labels_a, label_smoothing)
@@ -129,8 +118,8 @@ def partial_mix(x, perm, lam, num_mixed: int):
 
 def partial_mixup_loss(logits, labels, perm, lam, is_mixed, label_smoothing: float = 0.0):
   """Mean over the batch of CE (clean rows) and ``lam CE(y) + (1 - lam) CE(y[perm])`` (mixed)."""
-  ce_a = per_example_ce(logits, labels, label_smoothing)
-  ce_b = per_example_ce(logits, labels[perm], label_smoothing)
+  ce_a = common.per_example_ce(logits, labels, label_smoothing)
+  ce_b = common.per_example_ce(logits, labels[perm], label_smoothing)
   return jnp.mean(jnp.where(is_mixed, lam * ce_a + (1.0 - lam) * ce_b, ce_a))
 
 
@@ -151,7 +140,6 @@ class MixProp(Method):
 
   def validate(self) -> None:
     self.alpha = _check_alpha('mixprop_alpha', self.config.get('mixprop_alpha', 1.0))
-    self.label_smoothing = self.config.get('label_smoothing', 0.0)
 
   def bn_domains(self):
     return (MAIN, AUX)
@@ -196,7 +184,6 @@ class Mixup(Method):
     fraction = self.config.get('mixup_fraction', 0.5)
     validation.check_range('mixup_fraction', fraction, low=0.0, high=1.0, low_inclusive=False)
     self.fraction = float(fraction)
-    self.label_smoothing = self.config.get('label_smoothing', 0.0)
 
   def forward_backward_passes(self) -> float:
     return 1.0

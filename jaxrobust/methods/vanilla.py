@@ -28,7 +28,7 @@ class Vanilla(Method):
 
   def train_step(self, state, batch, rng):
     labels, x = batch['label'], batch['image']
-    smoothing = self.config.get('label_smoothing', 0.0)
+    smoothing = self.label_smoothing
     if self.augmix is None:
       loss_of_logits = lambda logits: common.cross_entropy(logits, labels, smoothing)  # noqa: E731
     else:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust.models import resnet
-from jaxrobust.models.layers import MAIN, DomainBatchNorm, Normalize  # noqa: F401
+from jaxrobust.models.layers import AUX, MAIN, DomainBatchNorm, Normalize  # noqa: F401
 
 _WRN = re.compile(r'^wrn(\d+)_(\d+)$')
 

@@ -17,6 +17,9 @@ import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
 
 MAIN = 'main'
+# The auxiliary BatchNorm of the methods with two (AdvProp, MixProp): its statistics and affine
+# parameters are kept apart from MAIN's.
+AUX = 'aux'
 
 
 def loop_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
