@@ -87,7 +87,7 @@ def test_trades_step_eps0():
   logits, expected_stats = _twice_updated(model, host.params, host.batch_stats, batch['image'])
   np.testing.assert_allclose(float(metrics['loss']), _np_ce(logits, batch['label']).mean(),
                              rtol=1e-5)
-  assert abs(float(metrics['kl'])) < 1e-6
+  assert abs(float(metrics['trades_kl'])) < 1e-6
   chex.assert_trees_all_close(parallel.to_host(new_state.batch_stats['main']),
                               parallel.to_host(expected_stats), rtol=1e-5, atol=1e-6)
   new_state, _ = step(new_state, parallel.shard_batch(random_batch(1), mesh))
@@ -127,7 +127,7 @@ def test_trades_step_adds_beta_times_the_kl():
   step = train.make_train_step(m, config, mesh)
   _, metrics = step(parallel.replicate(host, mesh), parallel.shard_batch(batch, mesh))
   logits, _ = models.apply_model(model, host.params, host.batch_stats, batch['image'], train=True)
-  ce, kl = _np_ce(logits, batch['label']).mean(), float(metrics['kl'])
+  ce, kl = _np_ce(logits, batch['label']).mean(), float(metrics['trades_kl'])
   assert kl > 1e-3
   np.testing.assert_allclose(float(metrics['loss']), ce + 6.0 * kl, rtol=1e-4)
 

@@ -60,7 +60,7 @@ def test_known_keys_are_exactly_the_shipped_configs_keys_and_cover_what_the_code
       continue
     source = path.read_text()
     read |= set(re.findall(r"(?:config|cfg|\bc)\.get\(\s*'([a-z0-9_]+)'", source))
-    read |= set(re.findall(r"self\._(?:cfg|get)\('([a-z0-9_]+)'\)", source))
+    read |= set(re.findall(r"self\.option\('([a-z0-9_]+)'\)", source))
     read |= set(re.findall(r"\bconfig\.([a-z][a-z0-9_]*)\b(?!\()", source)) - {
         'get', 'keys', 'items', 'values', 'to_dict', 'copy_and_resolve_references', 'lock',
         'unlock', 'json'}  # methods, and the saved 'config.json'

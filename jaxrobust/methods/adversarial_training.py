@@ -381,4 +381,4 @@ class TRADES(PGDAdversarialTraining):
         lambda clean, adv: trades_loss(clean, adv, y, self.beta, self.label_smoothing))
     return state, {'loss': loss, 'accuracy': common.accuracy(clean_logits, y),
                    'adv_accuracy': common.accuracy(adv_logits, y),
-                   'kl': trades_kl(clean_logits, adv_logits)}
+                   'trades_kl': trades_kl(clean_logits, adv_logits)}

@@ -188,48 +188,46 @@ class ANT(Method):
   """Alternating generator (max) / classifier (min) updates with experience replay and restarts."""
 
   fine_tunes_on_imagenet = True
-
-  def _get(self, key):
-    return self.config.get(key, DEFAULTS[key])
+  defaults = DEFAULTS
 
   # -- configuration -------------------------------------------------------------------------
   def validate(self) -> None:
-    make_generator(self._get('ant_generator'), self._get('ant_gen_features'))
-    if float(self._get('ant_eps')) < 0:
-      raise ValueError(f'ant_eps={self._get("ant_eps")!r}: allowed a value > 0 (an L2 norm in '
+    make_generator(self.option('ant_generator'), self.option('ant_gen_features'))
+    if float(self.option('ant_eps')) < 0:
+      raise ValueError(f'ant_eps={self.option("ant_eps")!r}: allowed a value > 0 (an L2 norm in '
                        '[0, 1] pixel units), or 0 for the default sqrt(pixels) rule.')
-    if self._get('ant_gen_optimizer') not in GEN_OPTIMIZERS:
-      raise ValueError(f'Unknown ant_gen_optimizer {self._get("ant_gen_optimizer")!r}; valid: '
+    if self.option('ant_gen_optimizer') not in GEN_OPTIMIZERS:
+      raise ValueError(f'Unknown ant_gen_optimizer {self.option("ant_gen_optimizer")!r}; valid: '
                        f'{", ".join(GEN_OPTIMIZERS)}.')
-    if not float(self._get('ant_gen_learning_rate')) > 0:
-      raise ValueError(f'ant_gen_learning_rate={self._get("ant_gen_learning_rate")!r}: allowed '
+    if not float(self.option('ant_gen_learning_rate')) > 0:
+      raise ValueError(f'ant_gen_learning_rate={self.option("ant_gen_learning_rate")!r}: allowed '
                        'a value > 0.')
-    if self._get('ant_generator_bn') not in GENERATOR_BN:
-      raise ValueError(f'Unknown ant_generator_bn {self._get("ant_generator_bn")!r}; valid: '
+    if self.option('ant_generator_bn') not in GENERATOR_BN:
+      raise ValueError(f'Unknown ant_generator_bn {self.option("ant_generator_bn")!r}; valid: '
                        f'{", ".join(GENERATOR_BN)}.')
-    fractions = [float(self._get(f'ant_{k}_fraction')) for k in ('clean', 'current', 'replay')]
+    fractions = [float(self.option(f'ant_{k}_fraction')) for k in ('clean', 'current', 'replay')]
     if any(not 0.0 <= f <= 1.0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
       raise ValueError(f'ant_clean/current/replay_fraction={tuple(fractions)}: allowed values in '
                        '[0, 1] that sum to 1 (the paper: 0.5, 0.3, 0.2).')
     for key, low in (('ant_gen_steps', 1), ('ant_replay_every', 1), ('ant_replay_size', 1),
                      ('ant_restart_every', 0), ('ant_restart_steps', 1),
                      ('ant_restart_chunk', 1)):
-      value = self._get(key)
+      value = self.option(key)
       if int(value) != value or value < low:
         raise ValueError(f'{key}={value!r}: allowed an integer >= {low}.')
 
   @property
   def generator(self) -> NoiseGenerator:
-    return make_generator(self._get('ant_generator'), self._get('ant_gen_features'))
+    return make_generator(self.option('ant_generator'), self.option('ant_gen_features'))
 
   @property
   def gen_tx(self) -> optax.GradientTransformation:
-    lr = float(self._get('ant_gen_learning_rate'))
-    return optax.adam(lr) if self._get('ant_gen_optimizer') == 'adam' else optax.sgd(lr)
+    lr = float(self.option('ant_gen_learning_rate'))
+    return optax.adam(lr) if self.option('ant_gen_optimizer') == 'adam' else optax.sgd(lr)
 
   def eps(self, image_shape: Sequence[int]) -> float:
     """``ant_eps``, or :func:`default_eps` of ``image_shape`` (H, W, C) when it is 0."""
-    return float(self._get('ant_eps')) or default_eps(image_shape)
+    return float(self.option('ant_eps')) or default_eps(image_shape)
 
   def setup(self, ctx) -> None:
     super().setup(ctx)
@@ -243,19 +241,19 @@ class ANT(Method):
                          f'{reach:.1f}. (135 is the paper\'s radius for 224 x 224 x 3; 0 picks '
                          f'{default_eps(shape):.1f} for these images.)')
     b = common.local_batch_size(ctx)
-    fractions = [float(self._get(f'ant_{k}_fraction')) for k in ('clean', 'current', 'replay')]
+    fractions = [float(self.option(f'ant_{k}_fraction')) for k in ('clean', 'current', 'replay')]
     common.check_batch_parts('ant', b, tuple(zip(('clean', 'current generator', 'replay'),
                                                  fractions, self.sizes(b))))
 
   def sizes(self, batch_size: int) -> Tuple[int, int, int]:
-    return split_sizes(batch_size, float(self._get('ant_clean_fraction')),
-                       float(self._get('ant_current_fraction')))
+    return split_sizes(batch_size, float(self.option('ant_clean_fraction')),
+                       float(self.option('ant_current_fraction')))
 
   # -- state ---------------------------------------------------------------------------------
   def forward_backward_passes(self) -> float:
     """One pass per generator step (a gradient through the frozen classifier) and the
     classifier's own; restarts add ``ant_restart_steps / ant_restart_every`` per step."""
-    return 1.0 + float(self._get('ant_gen_steps'))
+    return 1.0 + float(self.option('ant_gen_steps'))
 
   def init_extras(self, rng, params, batch_stats):
     del params, batch_stats
@@ -264,7 +262,7 @@ class ANT(Method):
       raise ValueError('ANT needs the dataset info (image channels) in its Context to build the '
                        'noise generator.')
     gen = init_generator(self.generator, rng, info.image_shape[-1])
-    size = int(self._get('ant_replay_size'))
+    size = int(self.option('ant_replay_size'))
     return {'gen': gen, 'gen_opt': self.gen_tx.init(gen),
             # Entries >= min(replay_count, size) are unused placeholders.
             'replay': jax.tree.map(lambda p: jnp.repeat(p[None], size, axis=0), gen),
@@ -274,7 +272,7 @@ class ANT(Method):
   def _frozen_logits(self, params, batch_stats, x, rng):
     """The classifier as the generator sees it: no parameter update, running stats untouched
     (inference mode, or batch statistics with ``ant_generator_bn='batch'``)."""
-    if self._get('ant_generator_bn') == 'batch':
+    if self.option('ant_generator_bn') == 'batch':
       logits, _ = apply_model(self.model, params, batch_stats, x, train=True, domain=MAIN,
                               update_stats=False, rngs={'dropout': rng})
     else:
@@ -314,7 +312,7 @@ class ANT(Method):
                                            batch['image'], batch['label'], r)
       return (gen, opt), ce
 
-    keys = jax.random.split(rng, int(self._get('ant_gen_steps')))
+    keys = jax.random.split(rng, int(self.option('ant_gen_steps')))
     (gen, opt), ces = jax.lax.scan(body, (state.extras['gen'], state.extras['gen_opt']), keys)
     return state.replace(extras={**state.extras, 'gen': gen, 'gen_opt': opt}), ces
 
@@ -355,14 +353,14 @@ class ANT(Method):
         lambda logits: common.cross_entropy(logits, labels, smoothing), dropout_rng)
 
     extras = state.extras
-    save = (step + 1) % int(self._get('ant_replay_every')) == 0
+    save = (step + 1) % int(self.option('ant_replay_every')) == 0
     replay, count = jax.lax.cond(save, push_replay, lambda r, c, g: (r, c),
                                  extras['replay'], extras['replay_count'], extras['gen'])
     state = state.replace(extras={**extras, 'replay': replay, 'replay_count': count})
 
     n_clean, n_cur, n_rep = self.sizes(labels.shape[0])
     metrics = {'loss': loss, 'generator_ce': ces[-1],
-               'replay_filled': jnp.minimum(count, int(self._get('ant_replay_size'))
+               'replay_filled': jnp.minimum(count, int(self.option('ant_replay_size'))
                                             ).astype(jnp.float32),
                **common.part_accuracies(logits, labels, (('clean', n_clean), ('current', n_cur),
                                                          ('replay', n_rep)))}
@@ -370,7 +368,7 @@ class ANT(Method):
 
   # -- generator restarts ----------------------------------------------------------------------
   def hooks(self):
-    every = int(self._get('ant_restart_every'))
+    every = int(self.option('ant_restart_every'))
     return [Hook(every, self.restart_generator, 'ant_generator_restart')] if every > 0 else []
 
   def _restart_fn(self):
@@ -404,8 +402,8 @@ class ANT(Method):
     channels = jax.tree.leaves(state.extras['gen'])[-1].shape[-1]
     gen = init_generator(self.generator, init_rng, channels)
     gen, opt = parallel.replicate((gen, self.gen_tx.init(gen)), self.ctx.mesh)
-    total = int(self._get('ant_restart_steps'))
-    chunk = _chunk_size(total, int(self._get('ant_restart_chunk')))
+    total = int(self.option('ant_restart_steps'))
+    chunk = _chunk_size(total, int(self.option('ant_restart_chunk')))
     seed = (int(self.config.get('seed', 0)) + 1) * 1_000_003 + step
     batches = self.ctx.train_batches(total, seed)
     fn = self._restart_fn()

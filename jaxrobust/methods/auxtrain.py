@@ -115,17 +115,16 @@ class AuxTrain(Method):
   """Auxiliary Training: per-corruption auxiliary classifiers, selective BN, self-distillation,
   L2 weight merging (see the module docstring for the algorithm)."""
 
-  def _cfg(self, key):
-    return self.config.get(key, DEFAULTS[key])
+  defaults = DEFAULTS
 
   # -- configuration ---------------------------------------------------------------------
   @property
   def corruption_names(self) -> tuple:
-    return tuple(str(n) for n in _as_tuple(self._cfg('auxtrain_corruptions')))
+    return tuple(str(n) for n in _as_tuple(self.option('auxtrain_corruptions')))
 
   @property
   def severities(self) -> tuple:
-    return _as_tuple(self._cfg('auxtrain_severities'))
+    return _as_tuple(self.option('auxtrain_severities'))
 
   @property
   def num_heads(self) -> int:
@@ -142,7 +141,7 @@ class AuxTrain(Method):
 
   def alphas(self) -> tuple:
     """alpha_j of every corruption (a float in the config applies to all)."""
-    alpha = _as_tuple(self._cfg('auxtrain_alpha_aux'))
+    alpha = _as_tuple(self.option('auxtrain_alpha_aux'))
     return alpha * self.num_heads if len(alpha) == 1 else alpha
 
   def validate(self) -> None:
@@ -168,32 +167,32 @@ class AuxTrain(Method):
       raise ValueError(f'auxtrain_alpha_aux must be one float or one per corruption '
                        f'({len(names)}), got {alphas}.')
     for key, values in (('auxtrain_alpha_aux', alphas),
-                        ('auxtrain_alpha_primary', (self._cfg('auxtrain_alpha_primary'),)),
-                        ('auxtrain_lambda', (self._cfg('auxtrain_lambda'),)),
-                        ('auxtrain_gamma', (self._cfg('auxtrain_gamma'),))):
+                        ('auxtrain_alpha_primary', (self.option('auxtrain_alpha_primary'),)),
+                        ('auxtrain_lambda', (self.option('auxtrain_lambda'),)),
+                        ('auxtrain_gamma', (self.option('auxtrain_gamma'),))):
       for v in values:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
           raise ValueError(f'{key} must be >= 0, got {v!r}.')
     def number(key):  # a bool would pass as 0 or 1
-      v = self._cfg(key)
+      v = self.option(key)
       return v if isinstance(v, (int, float)) and not isinstance(v, bool) else float('nan')
 
     if not 0.0 <= number('auxtrain_merge_fraction') <= 1.0:
       raise ValueError(f'auxtrain_merge_fraction must be in [0, 1] (fraction of the run after '
                        f'which weight merging starts; 1 = never), got '
-                       f'{self._cfg("auxtrain_merge_fraction")!r}.')
+                       f'{self.option("auxtrain_merge_fraction")!r}.')
     merge_epoch = number('auxtrain_merge_epoch')
     if merge_epoch != -1 and not 0.0 <= merge_epoch <= float(self.config.num_epochs):
       raise ValueError(f'auxtrain_merge_epoch must be -1 (use auxtrain_merge_fraction) or an epoch '
                        f'in [0, num_epochs={self.config.num_epochs}], got '
-                       f'{self._cfg("auxtrain_merge_epoch")!r}.')
+                       f'{self.option("auxtrain_merge_epoch")!r}.')
     if not number('auxtrain_temperature') > 0:
       raise ValueError(f'auxtrain_temperature must be > 0, got '
-                       f'{self._cfg("auxtrain_temperature")!r}.')
+                       f'{self.option("auxtrain_temperature")!r}.')
     if not 0.0 < number('auxtrain_bottleneck_ratio') <= 4.0:
       raise ValueError(f'auxtrain_bottleneck_ratio must be in (0, 4], got '
-                       f'{self._cfg("auxtrain_bottleneck_ratio")!r}.')
-    self.adversarial = bool(self._cfg('auxtrain_adversarial'))
+                       f'{self.option("auxtrain_bottleneck_ratio")!r}.')
+    self.adversarial = bool(self.option('auxtrain_adversarial'))
     if self.adversarial:  # ValueError naming the allowed presets, or a bad override
       self.attack, self.attack_kwargs = at.attack_settings(
           self.config, 'auxtrain', DEFAULTS['auxtrain_attack'], at.PGD_AT_PRESETS)
@@ -203,8 +202,8 @@ class AuxTrain(Method):
     """The auxiliary classifier module (all heads share it; their parameters are stacked)."""
     sync = self.config.get('sync_batch_stats', False)
     return aux_heads.AuxClassifier(num_classes=num_classes,
-                                   attention=bool(self._cfg('auxtrain_attention')),
-                                   bottleneck_ratio=float(self._cfg('auxtrain_bottleneck_ratio')),
+                                   attention=bool(self.option('auxtrain_attention')),
+                                   bottleneck_ratio=float(self.option('auxtrain_bottleneck_ratio')),
                                    axis_name=AXIS if sync else None)
 
   def init_extras(self, rng, params, batch_stats):
@@ -217,16 +216,16 @@ class AuxTrain(Method):
   @property
   def merge_step(self) -> int:
     """First step of training period 2 (gamma switched on)."""
-    epoch = float(self._cfg('auxtrain_merge_epoch'))
+    epoch = float(self.option('auxtrain_merge_epoch'))
     if epoch >= 0:
       return int(round(epoch * self.ctx.steps_per_epoch))
-    return int(round(float(self._cfg('auxtrain_merge_fraction')) * self.ctx.total_steps))
+    return int(round(float(self.option('auxtrain_merge_fraction')) * self.ctx.total_steps))
 
   def gamma_at(self, step):
     """gamma_t: 0 before ``merge_step`` (period 1), ``auxtrain_gamma`` from it on (period 2)."""
-    if not self._cfg('auxtrain_weight_merging'):
+    if not self.option('auxtrain_weight_merging'):
       return jnp.zeros((), jnp.float32)
-    return jnp.where(step >= self.merge_step, float(self._cfg('auxtrain_gamma')),
+    return jnp.where(step >= self.merge_step, float(self.option('auxtrain_gamma')),
                      0.0).astype(jnp.float32)
 
   # -- pieces of the step ----------------------------------------------------------------
@@ -265,7 +264,7 @@ class AuxTrain(Method):
     """
     g, b = xs.shape[:2]
     main_only = {MAIN: batch_stats[MAIN]}
-    if self._cfg('auxtrain_selective_bn'):
+    if self.option('auxtrain_selective_bn'):
       # One pass per group, unrolled (G is static and small): on XLA:CPU a vmap over the group
       # axis runs as one G*b batch, about 1.5x slower than G passes of b images.
       outs = []
@@ -308,14 +307,14 @@ class AuxTrain(Method):
     aux = aux_heads.apply_heads(self.head(num_classes), heads, outs['features'][1:])
     ce_primary = common.cross_entropy(primary, labels, ls)
     ce_aux = jax.vmap(lambda z: common.cross_entropy(z, labels, ls))(aux)
-    temperature = float(self._cfg('auxtrain_temperature'))
+    temperature = float(self.option('auxtrain_temperature'))
     # distillation_kl stop-gradients the teacher: the primary output is a fixed target.
     kl = jax.vmap(lambda z: common.distillation_kl(primary, z, temperature))(aux)
     distance = aux_heads.classifier_distance(params['classifier'], heads)
-    use_kl = 1.0 if self._cfg('auxtrain_distillation') else 0.0
+    use_kl = 1.0 if self.option('auxtrain_distillation') else 0.0
     alphas = jnp.asarray(self.alphas(), jnp.float32)
-    loss = (float(self._cfg('auxtrain_alpha_primary')) * ce_primary + jnp.sum(alphas * ce_aux)
-            + float(self._cfg('auxtrain_lambda')) * jnp.sum(use_kl * kl + gamma * distance))
+    loss = (float(self.option('auxtrain_alpha_primary')) * ce_primary + jnp.sum(alphas * ce_aux)
+            + float(self.option('auxtrain_lambda')) * jnp.sum(use_kl * kl + gamma * distance))
     return loss, {'batch_stats': new_stats, 'primary_logits': primary, 'aux_logits': aux,
                   'ce_primary': ce_primary, 'ce_aux': ce_aux, 'kl': kl, 'distance': distance}
 

@@ -63,6 +63,8 @@ class Method:
   # Whether the method's paper fine-tunes a pretrained network on ImageNet (GNT, ANT): such a
   # run without ``init_from`` trains from random weights, and the log says so.
   fine_tunes_on_imagenet: bool = False
+  # The defaults of the keys the method reads through :meth:`option` (its module's DEFAULTS).
+  defaults: dict = {}
 
   def __init__(self, config):
     self.config = config
@@ -75,6 +77,10 @@ class Method:
       raise ValueError(f'augmix=True: method {self.name!r} does not train on AugMix views; the '
                        f'methods that do are {able} (natural training).')
     self.validate()
+
+  def option(self, key: str):
+    """``config[key]``, or this method's default for it."""
+    return self.config.get(key, self.defaults[key])
 
   # -- the shape of the state ------------------------------------------------------------
   def bn_domains(self) -> tuple[str, ...]:

@@ -106,6 +106,18 @@ def augmix_loss(logits, labels, settings, label_smoothing: float = 0.0):
   return loss, clean
 
 
+def natural_loss(logits, labels, augmix=None, label_smoothing: float = 0.0):
+  """Natural training's loss: cross-entropy, or :func:`augmix_loss` when ``augmix`` (an
+  ``AugMixSettings``) is set, on the logits of ``augmix.views(x)``.
+
+  Returns:
+    ``(loss, clean_logits)``.
+  """
+  if augmix is None:
+    return cross_entropy(logits, labels, label_smoothing), logits
+  return augmix_loss(logits, labels, augmix, label_smoothing)
+
+
 def accuracy(logits, labels):
   return jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
 

@@ -389,11 +389,7 @@ class EWS(Method):
       # x: the clean batch, or its AugMix views [x; view 1; view 2] (the subnet distils on all)
       logits, stats = apply_model(self.model, params, stats, x, train=True, domain=MAIN,
                                   rngs=drop(0))
-      if self.augmix is None:
-        base_loss, clean_logits = common.cross_entropy(logits, y, self.label_smoothing), logits
-      else:
-        base_loss, clean_logits = common.augmix_loss(logits, y, self.augmix,
-                                                     self.label_smoothing)
+      base_loss, clean_logits = common.natural_loss(logits, y, self.augmix, self.label_smoothing)
       metrics['accuracy'] = common.accuracy(clean_logits, y)
       kl_terms.append((1.0, logits, x))
     elif self.base_kind == 'pgd_at':

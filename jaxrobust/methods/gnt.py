@@ -86,39 +86,37 @@ class GNT(Method):
   """Minimises the cross-entropy on batches that are half clean, half Gaussian/Speckle-noised."""
 
   fine_tunes_on_imagenet = True
-
-  def _get(self, key):
-    return self.config.get(key, DEFAULTS[key])
+  defaults = DEFAULTS
 
   def validate(self) -> None:
-    noise = self._get('gnt_noise')
+    noise = self.option('gnt_noise')
     if noise not in NOISES:
       raise ValueError(f'Unknown gnt_noise {noise!r}; valid: {", ".join(NOISES)}.')
-    sigmas = self._get('gnt_sigmas')
+    sigmas = self.option('gnt_sigmas')
     if isinstance(sigmas, (int, float)):
       sigmas = (sigmas,)
     if not len(sigmas) or any(not float(s) > 0 for s in sigmas):
       raise ValueError(f'gnt_sigmas={tuple(sigmas)!r}: allowed a non-empty tuple of values > 0.')
-    frac = float(self._get('gnt_clean_fraction'))
+    frac = float(self.option('gnt_clean_fraction'))
     if not 0.0 <= frac < 1.0:
       raise ValueError(f'gnt_clean_fraction={frac!r}: allowed a value in [0, 1).')
 
   def setup(self, ctx) -> None:
     super().setup(ctx)
-    b, frac = common.local_batch_size(ctx), float(self._get('gnt_clean_fraction'))
+    b, frac = common.local_batch_size(ctx), float(self.option('gnt_clean_fraction'))
     n_clean = num_clean(b, frac)
     common.check_batch_parts('gnt', b, (('clean', frac, n_clean), ('noisy', 1 - frac, b - n_clean)))
 
   @property
   def sigmas(self) -> tuple:
-    sigmas = self._get('gnt_sigmas')
+    sigmas = self.option('gnt_sigmas')
     return tuple(float(s) for s in ((sigmas,) if isinstance(sigmas, (int, float)) else sigmas))
 
   def train_step(self, state, batch, rng):
     noise_rng, dropout_rng = jax.random.split(rng)
     labels = batch['label']
-    clean_fraction = float(self._get('gnt_clean_fraction'))
-    x, _ = noise_batch(batch['image'], noise_rng, noise=self._get('gnt_noise'),
+    clean_fraction = float(self.option('gnt_clean_fraction'))
+    x, _ = noise_batch(batch['image'], noise_rng, noise=self.option('gnt_noise'),
                        sigmas=self.sigmas, clean_fraction=clean_fraction)
     smoothing = self.label_smoothing
     # One pass over the mixed batch: BN batch statistics of clean+noisy, updates `main`.

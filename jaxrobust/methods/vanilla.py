@@ -28,15 +28,12 @@ class Vanilla(Method):
 
   def train_step(self, state, batch, rng):
     labels, x = batch['label'], batch['image']
-    smoothing = self.label_smoothing
-    if self.augmix is None:
-      loss_of_logits = lambda logits: common.cross_entropy(logits, labels, smoothing)  # noqa: E731
-    else:
+    if self.augmix is not None:
       k_augmix, rng = jax.random.split(rng)
       x = self.augmix.views(x, k_augmix)
-      loss_of_logits = lambda logits: common.augmix_loss(  # noqa: E731
-          logits, labels, self.augmix, smoothing)[0]
-    state, loss, logits = common.single_pass_update(self.model, self.tx, state, x,
-                                                    loss_of_logits, rng)
+    state, loss, logits = common.single_pass_update(
+        self.model, self.tx, state, x,
+        lambda logits: common.natural_loss(logits, labels, self.augmix, self.label_smoothing)[0],
+        rng)
     clean = logits[:labels.shape[0]]  # the clean images lead (the one view without JSD)
     return state, {'loss': loss, 'accuracy': common.accuracy(clean, labels)}
