@@ -381,7 +381,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_dir = config.get('data_dir') or None
   # The same command again on a finished run has nothing to do (checked once restored) and
   # decodes no data; any other run reads its data first, so bad data fails before compiling.
-  finished = None if config_diff else _finished_results(workdir, total_steps)
+  # Keys the saved config lacks came with a later version and did not change that run.
+  changed = [k for k, old, _ in config_diff if old != '<unset>']
+  finished = None if changed else _finished_results(workdir, total_steps)
   if finished is None:
     train_source = data.make_source(info, info.train_split, data_dir)
     eval_source = data.make_source(info, info.eval_split, data_dir)
@@ -417,6 +419,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f'The checkpoint in {workdir} is at step {restored_step}, past the '
                      f'{total_steps} steps of this config (num_epochs={config.num_epochs}). Raise '
                      'num_epochs to continue it, or use a fresh --workdir.')
+  if _agreed(finished is not None and restored is not None and restored_step == total_steps):
+    ckpt.close()  # before config.json is rewritten: the finished run's own stays as it was
+    logging.info('%s already holds this run, trained and evaluated (step %d); nothing to do.',
+                 workdir, total_steps)
+    return restored, finished or _finished_results(workdir, total_steps) or {}
   # config.json describes the checkpoints: written once they are known to match this config.
   _write_config(current_config, workdir)
   if restored is not None:
@@ -429,11 +436,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       ckpt.close()
       raise
   start_step = int(jax.device_get(state.step))
-  if _agreed(finished is not None and start_step == total_steps):
-    ckpt.close()
-    logging.info('%s already holds this run, trained and evaluated (step %d); nothing to do.',
-                 workdir, total_steps)
-    return state, finished
   if finished is not None:  # its results, but not its final checkpoint: train after all
     train_source = data.make_source(info, info.train_split, data_dir)
     eval_source = data.make_source(info, info.eval_split, data_dir)
@@ -573,8 +575,9 @@ def _totals_before(workdir: str, start_step: int) -> dict:
 
   A stopped run writes ``results.json`` with ``stopped_by`` and the step of its last checkpoint; a
   run resuming from exactly that step carries both on, so that they describe the whole training
-  however often it was preempted, as does the rerun of a finished run that has yet to log its
-  evaluation. (After a crash, which writes no results, they restart at 0.)
+  however often it was preempted. Any other run from that step (a finished run evaluated again,
+  e.g. with a changed config, or extended with more epochs) carries them on too. (After a crash,
+  which writes no results, they restart at 0.)
   """
   totals = {'wall_time_s': 0.0, 'skipped_updates': 0}
   path = files.as_path(workdir) / 'results.json'

@@ -338,6 +338,8 @@ def test_adversarial_variant_crafts_through_dropout(base):
     # TRADES's preset maximises a KL to the clean output, not the primary's CE
     (dict(auxtrain_adversarial=True, auxtrain_attack='trades'), 'allowed presets'),
     (dict(auxtrain_adversarial=True, auxtrain_num_steps=0), 'auxtrain_num_steps'),
+    (dict(auxtrain_num_steps=3), 'auxtrain_num_steps only apply to the adversarial variant'),
+    (dict(auxtrain_adversarial='False'), "auxtrain_adversarial must be True or False, got 'False'"),
 ])
 def test_bad_config_raises(overrides, match):
   with pytest.raises(ValueError, match=match):

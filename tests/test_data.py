@@ -119,6 +119,26 @@ def test_pad_crop_flip_is_a_padded_crop_mirrored_by_its_flip_bit(flip):
   assert {0, 8} <= set(draws[:, 0]) and {0, 1} == set(draws[:, 2])  # the extremes were drawn
 
 
+def test_crop_draws_cover_every_offset_and_flip_uniformly():
+  draws = data.crop_draws(0, 0, 90_000)
+  for column, size in enumerate(data.CROP_DRAW_RANGES):
+    counts = np.bincount(draws[:, column], minlength=size)
+    assert len(counts) == size and np.all(np.abs(counts / 90_000 - 1 / size) < 0.01)
+  assert not np.array_equal(draws, data.crop_draws(0, 1, 90_000))  # a new draw every epoch
+  np.testing.assert_array_equal(draws[:5], data.crop_draws(0, 0, 5))  # row i: example i
+
+
+def test_batched_cifar_augmentation_is_the_same_for_any_process_count(digits):
+  info, source = digits
+  info = dataclasses.replace(info, augment='cifar')
+  whole = next(data.train_iterator(info, global_batch_size=64, seed=2, source=source,
+                                   start_step=23))  # the second epoch
+  parts = [next(data.train_iterator(info, global_batch_size=64, seed=2, source=source,
+                                    start_step=23, process_index=p, process_count=2))
+           for p in range(2)]
+  np.testing.assert_array_equal(np.concatenate([p['image'] for p in parts]), whole['image'])
+
+
 def test_batched_cifar_augmentation_is_keyed_by_seed_epoch_and_example(digits):
   info, source = digits
   info = dataclasses.replace(info, augment='cifar')

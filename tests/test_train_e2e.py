@@ -38,11 +38,20 @@ def test_the_same_command_on_a_finished_run_changes_nothing(tmp_path, monkeypatc
   assert again == first == json.load(open(tmp_path / 'results.json'))  # its time kept
   assert (tmp_path / 'metrics.jsonl').read_text() == log  # no second evaluation logged
   assert int(state.step) == first['step']
+  # saved by an older version that lacked a key: still the same run, and its config.json stays
+  saved = json.load(open(tmp_path / 'config.json'))
+  del saved['cutout_size']
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  _, older = train.train_and_evaluate(config, str(tmp_path))
+  assert older == first and json.load(open(tmp_path / 'config.json')) == saved
+  assert (tmp_path / 'metrics.jsonl').read_text() == log
   # a changed config is not the same run: it resumes (here: evaluates again) as before
   monkeypatch.undo()
   _, changed = train.train_and_evaluate(tiny_config(num_epochs=1.0, max_eval_examples=100),
                                         str(tmp_path))
-  assert changed['step'] == first['step'] and changed['eval_top1'] != first['eval_top1']
+  rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
+  assert [r['step'] for r in rows if r['kind'] == 'eval'][-2:] == [first['step']] * 2
+  assert changed['step'] == first['step']
 
 
 def test_stopped_and_resumed_run_is_bit_identical(tmp_path, monkeypatch):

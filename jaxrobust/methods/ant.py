@@ -97,7 +97,7 @@ DEFAULTS = {
     'ant_current_fraction': 0.3,     # 30% current generator,
     'ant_replay_fraction': 0.2,      # 20% replayed past generators
     'ant_replay_every': 100,
-    'ant_replay_size': 40,
+    'ant_replay_size': 20,
     # Section 3.2: restarting the generator from scratch at intervals "has been crucial"; every
     # 390 steps is configs/ant_cifar.py's (a CIFAR epoch at batch 128). 0 = no restarts.
     'ant_restart_every': 390,
@@ -252,7 +252,8 @@ class ANT(Method):
   # -- state ---------------------------------------------------------------------------------
   def forward_backward_passes(self) -> float:
     """One pass per generator step (a gradient through the frozen classifier) and the
-    classifier's own; restarts add ``ant_restart_steps / ant_restart_every`` per step."""
+    classifier's own. Restarts run in a hook, outside the step, and are not counted: they add
+    ``ant_restart_steps / ant_restart_every`` generator passes per step on average."""
     return 1.0 + float(self.option('ant_gen_steps'))
 
   def init_extras(self, rng, params, batch_stats):

@@ -63,6 +63,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust import corruptions
+from jaxrobust.attacks import validation
 from jaxrobust.methods import adversarial_training as at
 from jaxrobust.methods import common, register
 from jaxrobust.methods.base import Method
@@ -192,10 +193,17 @@ class AuxTrain(Method):
     if not 0.0 < number('auxtrain_bottleneck_ratio') <= 4.0:
       raise ValueError(f'auxtrain_bottleneck_ratio must be in (0, 4], got '
                        f'{self.option("auxtrain_bottleneck_ratio")!r}.')
-    self.adversarial = bool(self.option('auxtrain_adversarial'))
+    self.adversarial = validation.check_bool('auxtrain_adversarial',
+                                             self.option('auxtrain_adversarial'))
     if self.adversarial:  # ValueError naming the allowed presets, or a bad override
       self.attack, self.attack_kwargs = at.attack_settings(
           self.config, 'auxtrain', DEFAULTS['auxtrain_attack'], at.PGD_AT_PRESETS)
+    else:  # an attack setting that would do nothing is an error, not silently ignored
+      unused = [f'auxtrain_{k}' for k in at.OVERRIDABLE
+                if self.config.get(f'auxtrain_{k}') is not None]
+      if unused:
+        raise ValueError(f'{", ".join(unused)} only apply to the adversarial variant '
+                         '(auxtrain_adversarial=True); this run trains on clean images.')
 
   # -- state -----------------------------------------------------------------------------
   def head(self, num_classes: int) -> aux_heads.AuxClassifier:
