@@ -86,14 +86,18 @@ def test_two_processes_of_two_devices_match_one_process_of_four(tmp_path):
   assert len(losses['mp']) == STEPS
   np.testing.assert_allclose(losses['mp'], losses['single'], rtol=1e-5)
 
-  # The same command again resumes (both processes restore the shared checkpoint) and stops.
+  # The same command again: both processes restore the shared checkpoint, agree that the run
+  # is finished and evaluated, and stop without touching its results or log.
+  results, log = (workdir / 'results.json').read_text(), (workdir / 'metrics.jsonl').read_text()
   again = _launch(2, '--config=configs/quickstart.py', f'--workdir={workdir}',
                   *_flags(OVERRIDES))
   out = again.stdout + again.stderr
   assert again.returncode == 0, out[-4000:]
   for p in (0, 1):
-    assert re.search(rf'\[p{p}\] .*Resumed from the checkpoint at step {STEPS}\.', out), out
-  assert json.loads((workdir / 'results.json').read_text())['step'] == STEPS
+    assert re.search(rf'\[p{p}\] .*already holds this run, trained and evaluated \(step '
+                     rf'{STEPS}\); nothing to do\.', out), out
+  assert (workdir / 'results.json').read_text() == results
+  assert (workdir / 'metrics.jsonl').read_text() == log
 
 
 def test_launcher_propagates_a_failure_and_checks_its_arguments(tmp_path):
