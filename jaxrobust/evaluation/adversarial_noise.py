@@ -251,9 +251,9 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
     workdir: the run's workdir (its ``config.json`` and newest checkpoint are read; a relative
       ``folder:`` dataset path in the config is relative to the directory the run was started
       from, or override it with ``dataset``).
-    eps: L2 radius of the generator's noise while it trains; 0 means the run's ``ant_eps`` if it
-      has one, else ``ant.default_eps`` of the image shape. Use one explicit value for every
-      model of a comparison.
+    eps: L2 radius of the generator's noise while it trains; 0 means ``ant.default_eps`` of the
+      image shape, the same for every model whatever its method (an ANT run's own ``ant_eps``
+      would give it another attacker than its baselines).
     steps, learning_rate, optimizer: the generator's training (on augmented training batches).
     generator: '1x1' (the paper's eps*_AN 1x1) or '3x3'.
     num_generators: generators with different seeds (the paper: 4).
@@ -274,7 +274,8 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
   from jaxrobust.evaluation import runner  # pylint: disable=g-import-not-at-top
   run = runner.load_run(workdir, overrides={'dataset': dataset} if dataset else None)
   config, info, logits_fn = run.config, run.info, run.predict_fn()
-  eps = float(eps) or float(config.get('ant_eps', 0.0)) or ant.default_eps(info.image_shape)
+  # One attacker for every model: not the run's own ant_eps, which only ANT runs have
+  eps = float(eps) or ant.default_eps(info.image_shape)
   gen = ant.make_generator(generator)
   data_dir = config.get('data_dir') or None
   source = data.make_source(info, info.train_split, data_dir)
@@ -304,8 +305,8 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
 def _main():
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('workdir', None, 'Workdir of a finished jaxrobust run.')
-  flags.DEFINE_float('eps', 0.0, 'L2 radius of the generator noise ([0,1] units); 0 = the '
-                     "run's ant_eps, else ant.default_eps. Use one value for all compared runs.")
+  flags.DEFINE_float('eps', 0.0, 'L2 radius of the generator noise ([0,1] units); 0 = '
+                     'ant.default_eps of the image shape, the same for every compared run.')
   flags.DEFINE_integer('steps', 500, 'Generator training steps.')
   flags.DEFINE_float('learning_rate', 3e-3, 'Generator learning rate.')
   flags.DEFINE_enum('optimizer', 'adam', list(OPTIMIZERS), 'Generator optimizer.')
