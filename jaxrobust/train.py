@@ -382,11 +382,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # The same command again on a finished run has nothing to do (checked once restored) and
   # decodes no data; any other run reads its data first, so bad data fails before compiling.
   # Keys the saved config lacks came with a later version and did not change that run.
+  saved = _saved_results(workdir)
   changed = [k for k, old, _ in config_diff if old != '<unset>']
-  finished = None if changed else _finished_results(workdir, total_steps)
+  finished = None if changed else _finished_results(saved, workdir, total_steps)
+
+  def sources():
+    return (data.make_source(info, info.train_split, data_dir),
+            data.make_source(info, info.eval_split, data_dir))
   if finished is None:
-    train_source = data.make_source(info, info.train_split, data_dir)
-    eval_source = data.make_source(info, info.eval_split, data_dir)
+    train_source, eval_source = sources()
 
   def train_batches(num_batches: int, seed: int):
     it = data.train_iterator(info, global_batch_size=config.batch_size, seed=seed,
@@ -423,7 +427,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     ckpt.close()  # before config.json is rewritten: the finished run's own stays as it was
     logging.info('%s already holds this run, trained and evaluated (step %d); nothing to do.',
                  workdir, total_steps)
-    return restored, finished or _finished_results(workdir, total_steps) or {}
+    return restored, finished or _finished_results(_saved_results(workdir), workdir,
+                                                    total_steps) or {}
   # config.json describes the checkpoints: written once they are known to match this config.
   _write_config(current_config, workdir)
   if restored is not None:
@@ -437,9 +442,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise
   start_step = int(jax.device_get(state.step))
   if finished is not None:  # its results, but not its final checkpoint: train after all
-    train_source = data.make_source(info, info.train_split, data_dir)
-    eval_source = data.make_source(info, info.eval_split, data_dir)
-  earlier = _totals_before(workdir, start_step)
+    train_source, eval_source = sources()
+  earlier = _totals_before(saved, start_step)
 
   train_step = make_train_step(method, config, mesh)
   eval_step = clean.make_eval_step(model, mesh, tuple(method.eval_domains()))
@@ -570,7 +574,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return state, results
 
 
-def _totals_before(workdir: str, start_step: int) -> dict:
+def _saved_results(workdir: str) -> dict:
+  """The ``results.json`` an earlier run left in ``workdir``, or {} (none, or unreadable)."""
+  path = files.as_path(workdir) / 'results.json'
+  if not path.exists():
+    return {}
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError) as e:  # e.g. cut short by a kill while being written
+    logging.warning('Cannot read %s (%s); taken as absent: wall time and skipped updates count '
+                    'from 0, and a finished run is evaluated again.', path, e)
+    return {}
+
+
+def _totals_before(saved: dict, start_step: int) -> dict:
   """``wall_time_s`` and ``skipped_updates`` of the stopped runs this one resumes (0 if fresh).
 
   A stopped run writes ``results.json`` with ``stopped_by`` and the step of its last checkpoint; a
@@ -578,33 +595,24 @@ def _totals_before(workdir: str, start_step: int) -> dict:
   however often it was preempted. Any other run from that step (a finished run evaluated again,
   e.g. with a changed config, or extended with more epochs) carries them on too. (After a crash,
   which writes no results, they restart at 0.)
+
+  Args:
+    saved: :func:`_saved_results` of the workdir.
+    start_step: the step this run starts from.
   """
-  totals = {'wall_time_s': 0.0, 'skipped_updates': 0}
-  path = files.as_path(workdir) / 'results.json'
-  if start_step == 0 or not path.exists():
-    return totals
-  try:
-    earlier = json.loads(path.read_text())
-  except (OSError, ValueError) as e:  # e.g. cut short by a kill while being written
-    logging.warning('Cannot read %s (%s); wall time and skipped updates count from 0.', path, e)
-    return totals
-  if earlier.get('step') == start_step:  # stopped there, or finished there without its eval
-    totals = {'wall_time_s': float(earlier.get('wall_time_s', 0.0)),
-              'skipped_updates': int(earlier.get('skipped_updates', 0))}
-  return totals
+  if start_step == 0 or saved.get('step') != start_step:
+    return {'wall_time_s': 0.0, 'skipped_updates': 0}
+  # stopped there, or finished there without its evaluation
+  return {'wall_time_s': float(saved.get('wall_time_s', 0.0)),
+          'skipped_updates': int(saved.get('skipped_updates', 0))}
 
 
-def _finished_results(workdir: str, total_steps: int) -> Optional[dict]:
-  """The ``results.json`` of a run that finished ``total_steps`` and logged its final
-  evaluation, else None."""
-  path = files.as_path(workdir) / 'results.json'
-  try:
-    results = json.loads(path.read_text()) if path.exists() else {}
-  except (OSError, ValueError):  # e.g. cut short by a kill while being written
-    return None
-  done = results.get('step') == total_steps and not results.get('stopped_by')
-  logged = _logged(files.as_path(workdir) / 'metrics.jsonl', total_steps, 'eval')
-  return results if done and logged else None
+def _finished_results(saved: dict, workdir: str, total_steps: int) -> Optional[dict]:
+  """``saved`` (:func:`_saved_results`) if it is a run that finished ``total_steps`` and logged
+  its final evaluation in ``workdir``, else None."""
+  done = saved.get('step') == total_steps and not saved.get('stopped_by')
+  logged = done and _logged(files.as_path(workdir) / 'metrics.jsonl', total_steps, 'eval')
+  return saved if logged else None
 
 
 def _init_from_dir(path: str) -> str:

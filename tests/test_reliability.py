@@ -154,7 +154,7 @@ def test_resumed_run_carries_on_the_totals_of_the_run_it_resumes(tmp_path):
   # ``results.json`` of a stopped run: its time and skipped updates count only for a resume
   # from its very step.
   def totals(step):
-    t = train._totals_before(str(tmp_path), step)
+    t = train._totals_before(train._saved_results(str(tmp_path)), step)
     return t['wall_time_s'], t['skipped_updates']
   assert totals(40) == (0.0, 0)   # nothing stopped here
   (tmp_path / 'results.json').write_text(json.dumps(

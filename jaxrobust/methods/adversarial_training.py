@@ -123,6 +123,12 @@ def attack_settings(config, prefix: str, default_preset: str,
   return attack, kwargs
 
 
+def overrides_set(config, prefix: str) -> list[str]:
+  """The ``<prefix>_eps`` / ``_step_size`` / ``_num_steps`` overrides that ``config`` sets (not
+  None): a method that will not attack refuses them rather than ignore them."""
+  return [f'{prefix}_{k}' for k in OVERRIDABLE if config.get(f'{prefix}_{k}') is not None]
+
+
 def attack_steps(kwargs: dict) -> int:
   """Gradient steps of a PGD-family attack (FGSM: 1)."""
   return int(kwargs.get('num_steps', 1))

@@ -199,8 +199,7 @@ class AuxTrain(Method):
       self.attack, self.attack_kwargs = at.attack_settings(
           self.config, 'auxtrain', DEFAULTS['auxtrain_attack'], at.PGD_AT_PRESETS)
     else:  # an attack setting that would do nothing is an error, not silently ignored
-      unused = [f'auxtrain_{k}' for k in at.OVERRIDABLE
-                if self.config.get(f'auxtrain_{k}') is not None]
+      unused = at.overrides_set(self.config, 'auxtrain')
       if unused:
         raise ValueError(f'{", ".join(unused)} only apply to the adversarial variant '
                          '(auxtrain_adversarial=True); this run trains on clean images.')

@@ -266,8 +266,7 @@ class EWS(Method):
       self.search_craft_bn = c.get('ews_search_craft_bn', 'batch')
       validation.check_choice('ews_search_craft_bn', self.search_craft_bn, at.BN_MODES)
     else:  # an attack setting that would do nothing is an error, not silently ignored
-      unused = [k for k in ('ews_search_eps', 'ews_search_step_size', 'ews_search_num_steps')
-                if c.get(k) is not None]
+      unused = at.overrides_set(c, 'ews_search')
       unused += [k for k, default in (('ews_search_attack', 'madry_pgd10'),
                                       ('ews_search_craft_bn', 'batch'))
                  if c.get(k, default) != default]

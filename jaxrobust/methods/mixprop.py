@@ -27,9 +27,9 @@ are drawn within each device's shard (a global permutation would need an all-to-
 **Mixup** (``'mixup'``; Zhang et al. 2018, as the MixProp paper's baseline, section 4.2: "we
 apply mixup to half of the clean samples in each batch under a single set of BN layers"). Of each
 (per-device) batch of b examples the last ``m = max(1, round(mixup_fraction * b))``
-(``mixup_fraction = 0.5``) are replaced by ``lambda * x_i + (1 - lambda) * x_pi(i)`` with ``pi`` a permutation of the
-whole batch and ``lambda ~ Beta(mixup_alpha, mixup_alpha)`` per batch; one train-mode pass of the
-b examples through ``'main'`` (which updates ``'main'``), loss
+(``mixup_fraction = 0.5``) are replaced by ``lambda * x_i + (1 - lambda) * x_pi(i)`` with ``pi``
+a permutation of the whole batch and ``lambda ~ Beta(mixup_alpha, mixup_alpha)`` per batch; one
+train-mode pass of the b examples through ``'main'`` (which updates ``'main'``), loss
 ``(1/b) [sum_clean CE(f(x_i), y_i) + sum_mixed (lambda CE(f(x'_i), y_i) + (1 - lambda)
 CE(f(x'_i), y_pi(i)))]``. ``mixup_fraction = 1`` is standard mixup.
 
