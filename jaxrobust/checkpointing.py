@@ -303,7 +303,11 @@ def load_arrays(workdir, step: Optional[int] = None) -> tuple[dict, int]:
 
 
 class PreemptionHandler:
-  """Turns SIGTERM/SIGINT into a request to save and stop at the next step boundary.
+  """Turns SIGTERM/SIGINT/SIGHUP into a request to save and stop at the next step boundary.
+
+  SIGHUP is what a run in the foreground of a dropped SSH session (e.g. ``gcloud ... ssh
+  --worker=all --command=...``) receives; where it is ignored already (``nohup``), it stays
+  ignored, so such a run goes on.
 
   A second signal while a stop is pending gives up on the clean stop: the previous handlers
   are restored and SIGINT raises ``KeyboardInterrupt``, SIGTERM is re-delivered.
@@ -313,7 +317,8 @@ class PreemptionHandler:
   ``sync_every_steps`` calls, which every process makes at the same steps.
   """
 
-  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT), sync_every_steps: int = 10):
+  def __init__(self, signals=(signal.SIGTERM, signal.SIGINT, signal.SIGHUP),
+               sync_every_steps: int = 10):
     self._event = threading.Event()
     self._previous = {}
     self._calls = 0
@@ -321,6 +326,8 @@ class PreemptionHandler:
     self.signal_name = None
     if threading.current_thread() is threading.main_thread():
       for sig in signals:
+        if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+          continue
         self._previous[sig] = signal.signal(sig, self._handle)
 
   def _handle(self, signum, frame):

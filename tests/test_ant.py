@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxrobust import checkpointing, methods, models, parallel, train
+from jaxrobust import data as data_lib
 from jaxrobust.evaluation import adversarial_noise
 from jaxrobust.methods import ant, common
 from tests.conftest import method_with_train_state, tiny_config
@@ -235,12 +236,16 @@ def test_restart_hook_trains_a_fresh_generator_against_the_frozen_classifier(sha
   for d in data:
     d['label'] = np.asarray(jnp.argmax(logits_fn(jnp.asarray(d['image'])), -1), np.int32)
 
+  seeds = []
+
   def batches(num, seed):
-    del seed
+    seeds.append(seed)
     for i in range(num):
       yield parallel.shard_batch(data[i % len(data)], mesh)
 
   m.ctx.train_batches = batches
+  # The largest config seed: the restart's data seed once overflowed the pipeline's int64 seeds.
+  saved_seed, m.config.seed = m.config.seed, 2**32 - 1
   assert [h.every_steps for h in m.hooks()] == [5]
   extras = dict(host.extras)
   extras['gen'] = _perturbed(extras)          # the "old" generator that gets replaced
@@ -263,6 +268,8 @@ def test_restart_hook_trains_a_fresh_generator_against_the_frozen_classifier(sha
   assert ce_new > ce_fresh + 0.05, (ce_new, ce_fresh)
   # The same state restarts the same way (resumed runs stay bit-identical).
   chex.assert_trees_all_equal(parallel.to_host(m.hooks()[0].fn(state)).extras['gen'], new)
+  m.config.seed = saved_seed
+  assert len(seeds) == 2 and seeds[0] == seeds[1] and 0 <= seeds[0] < data_lib.MAX_SEED, seeds
 
 
 def test_validate_rejects_bad_values():

@@ -1,6 +1,7 @@
 """Every config file: loads, validates, documents its run command, takes the CPU-budget flags."""
 
 import importlib
+import re
 
 import pytest
 
@@ -77,3 +78,12 @@ def test_a_misspelt_key_set_in_python_is_refused_with_the_closest_known_one():
   with pytest.raises(ValueError, match=r"Unknown config key\(s\): 'ews_lamda' \(did you mean "
                                        r"'ews_lambda'\?\)"):
     train.validate_config(c)
+
+
+def test_the_tpu_guide_installs_the_tested_jax():
+  # An unpinned ``pip install -U "jax[tpu]"`` after requirements.txt moved JAX past the version
+  # flax and orbax are pinned against; every TPU install line pins requirements.txt's jax.
+  pinned = re.search(r'^jax==(\S+)$', (ROOT / 'requirements.txt').read_text(), re.M).group(1)
+  guide = (ROOT / 'colabs' / 'tpu_pod.md').read_text()
+  installs = re.findall(r'pip install[^\n]*jax\[tpu\][^\n]*', guide)
+  assert installs and all(f'"jax[tpu]=={pinned}"' in line for line in installs), installs

@@ -309,6 +309,16 @@ def test_streaming_training_processes_read_their_own_examples(eleven_images):
   assert 0 < len(seen[0]) <= 6 and 0 < len(seen[1]) <= 6 and not seen[0] & seen[1]
 
 
+def test_streaming_training_takes_every_allowed_seed(eleven_images):
+  # Seeds are combined as seed * 1_000_003 + epoch in TF's int64: the largest allowed one still
+  # streams, a larger one is refused by name (it had failed inside TF, hours into an ANT run).
+  info, data_dir = eleven_images
+  assert next(data.train_iterator(info, global_batch_size=4, seed=data.MAX_SEED - 1,
+                                  data_dir=data_dir))['image'].shape == (4, 8, 8, 3)
+  with pytest.raises(ValueError, match=r'data seed must be in \[0, 2\*\*43\); got'):
+    next(data.train_iterator(info, global_batch_size=4, seed=data.MAX_SEED, data_dir=data_dir))
+
+
 def test_no_split_stands_in_for_another_role():
   # A dataset with only a train split is not evaluated on it (nor trained on a test split)
   # unless the config names the split.

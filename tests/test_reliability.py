@@ -187,6 +187,32 @@ def test_preemption_handler_second_signal_aborts_and_handlers_are_restored():
   assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_sighup_saves_and_stops_unless_nohup_ignores_it():
+  # A run in the foreground of a dropped SSH session gets SIGHUP: it used to die without a
+  # checkpoint. Under nohup (SIGHUP ignored) the run must go on, so the handler leaves it alone.
+  before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+  try:
+    handler = checkpointing.PreemptionHandler()
+    try:
+      os.kill(os.getpid(), signal.SIGHUP)
+      time.sleep(0.05)
+      assert handler.should_stop() and handler.signal_name == 'SIGHUP'
+    finally:
+      handler.restore_handlers()
+    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    handler = checkpointing.PreemptionHandler()
+    try:
+      assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+      os.kill(os.getpid(), signal.SIGHUP)
+      time.sleep(0.05)
+      assert not handler.should_stop()
+    finally:
+      handler.restore_handlers()
+  finally:
+    signal.signal(signal.SIGHUP, before)
+
+
 class _FakeStepOutput:
   """Stands in for a step's output; records when the bound waits for it."""
 

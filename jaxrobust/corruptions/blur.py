@@ -93,21 +93,63 @@ def gaussian_blur(images, rng, severity, *, table=None):
   return _common.finish(_ops.gaussian_filter(x, sigma, mode='edge'), images)
 
 
+def glass_shuffle(image, offsets, d):
+  """One pass of the reference's local pixel shuffle on one image, vectorised.
+
+  The reference scans the interior pixels p = (r, c), d < r <= H - d and
+  d < c <= W - d, from the bottom-right, and runs
+  ``x[r, c], x[r', c'] = x[r', c'], x[r, c]`` with q = (r', c') = p + (dy, dx).
+  On NumPy views that statement is a one-way copy, ``x[p] <- x[q]``, made in
+  place: where q is an interior pixel already visited in this pass (a later
+  row, or the same row and a later column) p receives q's *new* value, so
+  displacements chain. With offsets in [-d, d - 1] that happens only for
+  d >= 2 (ImageNet's severities 2-5; CIFAR's d is 1).
+
+  Here every pixel's chain is followed to its end r, a pixel whose own source
+  had not been visited yet, by pointer doubling (gathers of an index array until
+  no pointer moves): ``new[p] = old[src(r)]``, the reference's result exactly.
+
+  Args:
+    image: (H, W, C) array.
+    offsets: (2, H, W) int32 (dy, dx) per pixel, each in [-d, d - 1]; unused
+      outside the interior.
+    d: the severity's maximum displacement (a Python int).
+
+  Returns:
+    The shuffled (H, W, C) image.
+  """
+  h, w, _ = image.shape
+  rows = jnp.arange(h)[:, None]
+  cols = jnp.arange(w)[None, :]
+
+  def inside(r, c):
+    return (r > d) & (r <= h - d) & (c > d) & (c <= w - d)
+
+  interior = inside(rows, cols)
+  src_r = jnp.where(interior, rows + offsets[0], rows)
+  src_c = jnp.where(interior, cols + offsets[1], cols)
+  src = (src_r * w + src_c).reshape(-1)
+  flat = image.reshape(h * w, -1)
+  if d >= 2:
+    visited_before = (interior & inside(src_r, src_c)
+                      & ((src_r > rows) | ((src_r == rows) & (src_c > cols))))
+    jump = jnp.where(visited_before.reshape(-1), src, jnp.arange(h * w))
+    # Chains only step to earlier-visited pixels, so they end; doubling until nothing moves
+    # takes ~log2 of the longest chain (a handful), not log2(H W), gathers.
+    jump = jax.lax.while_loop(lambda j: jnp.any(j[j] != j), lambda j: j[j], jump)
+    src = src[jump]
+  return flat[src].reshape(image.shape)
+
+
 def glass_blur(images, rng, severity, *, table=None):
   """Frosted-glass blur: Gaussian blur, local pixel shuffling, Gaussian blur.
 
   Severity sets (sigma, max displacement d, iterations). As in the reference,
   the image is blurred with sigma, quantised to 8 bits (floor, like
   ``np.uint8``), locally shuffled ``iterations`` times, and blurred again.
-
-  Difference from the reference: the reference shuffles with a sequential
-  loop of pixel swaps (every interior pixel, scanned from the bottom-right,
-  swaps with a neighbour at offset (dy, dx), each drawn from [-d, d - 1]),
-  which can not be vectorised. Here every interior pixel
-  (d < h <= H - d, d < w <= W - d, the same region) instead *reads* the pixel
-  at an independently drawn offset from the same range, in one gather per
-  iteration. The displacement statistics per pass are the same; unlike a
-  swap, a gather may duplicate or drop a pixel.
+  Each shuffle (``glass_shuffle``) gives the reference's sequential loop's
+  result for the same offsets, each drawn uniformly from [-d, d - 1]; only the
+  random stream differs.
 
   Args and Returns as for ``defocus_blur`` (``rng`` draws the offsets).
   """
@@ -115,20 +157,13 @@ def glass_blur(images, rng, severity, *, table=None):
   b, h, w, _ = x.shape
   x = _ops.gaussian_filter(x, sigma, mode='edge')
   x = jnp.floor(jnp.clip(x, 0.0, 1.0) * 255.0) / 255.0
-  rows = jnp.arange(h)
-  cols = jnp.arange(w)
-  interior = (((rows > d) & (rows <= h - d))[:, None]
-              & ((cols > d) & (cols <= w - d))[None, :])
   # Integer offsets uniform in [-d, d - 1] (from uniforms: ``randint``
   # compiles to a much larger program).
   u = jax.random.uniform(rng, (iterations, 2, b, h, w))
   all_offsets = jnp.minimum(jnp.floor(u * (2 * d)), 2 * d - 1).astype(jnp.int32) - d
   for offsets in all_offsets:
-    src_r = jnp.where(interior, rows[:, None] + offsets[0], rows[:, None])
-    src_c = jnp.where(interior, cols[None, :] + offsets[1], cols[None, :])
     # a gather per image: indexing the batch axis too made XLA all-reduce the whole batch
-    x = jax.vmap(lambda im, r, c: im[r, c])(x, jnp.clip(src_r, 0, h - 1),
-                                             jnp.clip(src_c, 0, w - 1))
+    x = jax.vmap(lambda im, off: glass_shuffle(im, off, d), in_axes=(0, 1))(x, offsets)
   return _common.finish(_ops.gaussian_filter(x, sigma, mode='edge'), images)
 
 

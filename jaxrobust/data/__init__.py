@@ -332,6 +332,9 @@ def pad_crop_flip(images, draws, flip: bool = True):
   return tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
 
 
+MAX_SEED = 2**43  # seeds are combined as seed * 1_000_003 + epoch in int64
+
+
 def crop_draws(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   """int32 [N, 3]: every example's crop draws for one epoch of a batched split, row = example
   index, so an example's crop depends on (seed, epoch, index) only: not on the batch size, the
@@ -464,7 +467,7 @@ def train_iterator(info: DatasetInfo, *, global_batch_size: int, seed: int, star
   Args:
     info: from :func:`get_info`.
     global_batch_size: examples per step over all processes.
-    seed: data seed (permutations and augmentation).
+    seed: data seed (permutations and augmentation), in [0, 2**43).
     start_step: first step to produce (resume).
     source: a pre-loaded :class:`InMemorySource` (loaded here if None and in memory).
     data_dir: TFDS data directory.
@@ -472,6 +475,8 @@ def train_iterator(info: DatasetInfo, *, global_batch_size: int, seed: int, star
     prefetch: batches prepared ahead.
   """
   tf = _tf()
+  if not 0 <= seed < MAX_SEED:  # (seed * 1_000_003 + epoch) must fit TF's int64 seeds
+    raise ValueError(f'The data seed must be in [0, 2**43); got {seed}.')
   n = info.num_examples[info.train_split]
   steps_per_epoch = n // global_batch_size
   if steps_per_epoch == 0:

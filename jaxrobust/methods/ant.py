@@ -405,7 +405,10 @@ class ANT(Method):
     gen, opt = parallel.replicate((gen, self.gen_tx.init(gen)), self.ctx.mesh)
     total = int(self.option('ant_restart_steps'))
     chunk = _chunk_size(total, int(self.option('ant_restart_chunk')))
-    seed = (int(self.config.get('seed', 0)) + 1) * 1_000_003 + step
+    # Its own data stream per restart, a 32-bit hash of (seed, step): the data pipeline
+    # multiplies its seed by ~1e6, so a product here overflowed int64 for seeds >= ~9e6.
+    seed = int(np.random.SeedSequence([int(self.config.get('seed', 0)), step])
+               .generate_state(1)[0])
     batches = self.ctx.train_batches(total, seed)
     fn = self._restart_fn()
     first = last = None
