@@ -634,6 +634,16 @@ def test_apgd_rejects_bad_arguments(fn, kwargs, match):
     fn(mlp, x, jnp.array([0, 1]), jax.random.key(0), **kwargs)
 
 
+@pytest.mark.parametrize('attack', [attacks.pgd, attacks.apgd_ce, attacks.apgd_t])
+@pytest.mark.parametrize('dtype', [jnp.bfloat16, jnp.float16, jnp.uint8])
+def test_attacks_refuse_images_narrower_than_float32(attack, dtype):
+  # In bfloat16, x + 8/255 rounded to 0.0322 > eps: the projection could not keep its promise.
+  x = images(seed=19, batch=2).astype(dtype)
+  kwargs = dict(step_size=0.01) if attack is attacks.pgd else {}
+  with pytest.raises(ValueError, match=f'float32 images.*got {jnp.dtype(dtype).name}'):
+    attack(mlp, x, jnp.array([0, 1]), jax.random.key(0), eps=8 / 255, num_steps=2, **kwargs)
+
+
 def test_random_start_needs_a_key():
   x = images(seed=19, batch=2)
   with pytest.raises(ValueError, match='rng'):

@@ -196,6 +196,7 @@ def apgd_run(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, rng: jax.Array, *,
     An :class:`APGDResult`.
   """
   _validate(eps, num_steps, norm, rho, alpha, 1)
+  parts.check_images(x)
   loss = _canonical_loss(loss)
   batch = x.shape[0]
   y = losses_lib.broadcast_labels(y, batch)

@@ -31,6 +31,20 @@ def check_norm(norm: str) -> str:
   return norm
 
 
+def check_images(x) -> None:
+  """Refuses images an attack can not keep inside its ball: anything but float32 or wider.
+
+  In bfloat16 or float16 ``x +- eps`` rounds to a grid coarser than eps itself (bfloat16 near 1
+  steps by 1/128), so a projected perturbation could be larger than eps; integer images are
+  not in [0, 1].
+  """
+  dtype = jnp.dtype(x.dtype)
+  if not jnp.issubdtype(dtype, jnp.floating) or jnp.finfo(dtype).bits < 32:
+    raise ValueError(f'Attacks take float32 images in [0, 1]; got {dtype} (in a narrower type '
+                     'x +- eps rounds outside the eps-ball). Cast them with '
+                     'x.astype(jnp.float32); the model itself may compute in any precision.')
+
+
 def per_example(v, x: jax.Array) -> jax.Array:
   """Broadcasts a scalar or a per-example vector ``v`` of shape [B] against ``x`` of shape [B, ...].
 

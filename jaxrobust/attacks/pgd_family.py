@@ -99,6 +99,7 @@ class _Setup:
       validation.check_choice('loss', loss, losses_lib.PGD_LOSSES)
     if x.ndim < 2:
       raise ValueError(f'x must have a leading batch axis, got shape {x.shape}.')
+    parts.check_images(x)
     if self.start_mode is not None and rng is None:
       raise ValueError('random_start needs an rng key; pass rng or random_start=False.')
     if y is None and (callable(loss) or loss != 'kl') and not targeted:
