@@ -10,13 +10,16 @@ Restore procedure (:meth:`Checkpointer.restore`), newest step first:
    from the run's state, raise :class:`CheckpointMismatchError` naming what differs (e.g. the
    ``batch_stats/aux`` statistics a method needs): a checkpoint of another model or method is a
    user error, never a reason to fall back or to start from scratch.
-2. Restore the arrays into the run's structure and shardings. If that fails because the machine
-   or the storage did (out of memory, storage unavailable, no permission), raise and leave every
-   step in place. If it fails otherwise (truncated or corrupted files, missing metadata, an
-   empty step directory), warn, move the step directory to
+2. Restore the arrays into the run's structure and shardings. If that fails with an error that
+   damaged files give (undecodable JSON metadata, missing files or items, tensorstore's
+   DATA_LOSS / NOT_FOUND / OUT_OF_RANGE for truncated or garbled arrays, an empty step
+   directory), warn, move the step directory to
    ``<workdir>/checkpoints_unreadable/<step>`` — kept for inspection, never deleted — and try
    the next older step. Moving it aside matters: orbax would otherwise keep it as the "latest"
    step and refuse to save that step again, so the resumed run could never replace it.
+   Any other failure (out of memory, storage unavailable, no permission, an I/O error, a
+   library's TypeError) raises and leaves every step in place: setting readable steps aside on
+   a guess would restart training from step 0.
 3. No readable step left: start from scratch, with a warning if there were steps.
 
 In a multi-process run every process calls every method (saves and restores are collective);
@@ -25,6 +28,7 @@ processes agree on whether a restore succeeded, and only process 0 moves directo
 Workdirs may be local paths or URIs such as ``gs://bucket/run`` (:mod:`jaxrobust.files`).
 """
 
+import json
 import os
 import signal
 import threading
@@ -153,12 +157,32 @@ _TROUBLE_MARKERS = ('RESOURCE_EXHAUSTED', 'out of memory', 'UNAVAILABLE', 'DEADL
                     'PERMISSION_DENIED', 'UNAUTHENTICATED')
 
 
+# What orbax/tensorstore raise for a checkpoint's own damaged files: truncated or garbled JSON
+# metadata, missing files or items, truncated or undecodable array data (tensorstore status
+# codes at the start of the message).
+_DAMAGE_TYPES = (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError)
+_DAMAGE_CODES = ('NOT_FOUND:', 'OUT_OF_RANGE:', 'DATA_LOSS:')
+
+
 def _machine_or_storage_trouble(error: Exception) -> bool:
   """Whether a restore failed for a reason other than damaged files (out of memory, storage
   unreachable, no permission): such a checkpoint must be left in place, not set aside."""
   text = f'{type(error).__name__}: {error}'.lower()
   return (isinstance(error, (MemoryError, PermissionError, ConnectionError, TimeoutError)) or
           any(m.lower() in text for m in _TROUBLE_MARKERS))
+
+
+def _damaged_files(error: Exception) -> bool:
+  """Whether a restore error is one that damaged checkpoint files give. Any other error (an I/O
+  error, a library's TypeError) leaves the checkpoint in place: setting readable steps aside on
+  a guess would restart training from step 0."""
+  if _machine_or_storage_trouble(error):
+    return False
+  if isinstance(error, _DAMAGE_TYPES):
+    return True
+  if isinstance(error, KeyError) and 'was not found in the checkpoint' in str(error):
+    return True  # an empty step directory
+  return isinstance(error, ValueError) and str(error).startswith(_DAMAGE_CODES)
 
 
 class Checkpointer:
@@ -237,18 +261,21 @@ class Checkpointer:
             f'Checkpoint {self.directory}/{step} was written by a different model or method: '
             f'{problem or "its structure differs on another process"}. Use a fresh --workdir, '
             'or the config that wrote it.')
-      error, state, trouble = None, None, False
+      error, state, kept = None, None, False
       try:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # pylint: disable=broad-except
         error = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:300]}'
-        trouble = _machine_or_storage_trouble(e)
-      if _any_process(trouble):
-        raise RuntimeError(
-            f'Could not read checkpoint {self.directory}/{step}: '
-            f'{error if trouble else "failed on another process"}. This looks like a '
-            'problem of the machine or the storage (memory, network, permissions), not a '
-            'damaged checkpoint, so it was left in place: fix it and run again to resume.')
+        kept = not _damaged_files(e)
+        why = ('This looks like a problem of the machine or the storage (memory, network, '
+               'permissions), not a damaged checkpoint' if _machine_or_storage_trouble(e) else
+               'This is not an error that damaged checkpoint files give (truncated, missing or '
+               'undecodable files); if the checkpoint is damaged all the same, move it out of '
+               f'{self.directory} and run again to resume from an older one')
+      if _any_process(kept):
+        detail = f'{error}. {why}' if kept else 'failed on another process (see its log)'
+        raise RuntimeError(f'Could not read checkpoint {self.directory}/{step}: {detail}. It was '
+                           'left in place: fix the cause and run again to resume.')
       if _all_processes(error is None):
         return state, step
       moved = self._set_aside(step)

@@ -7,6 +7,7 @@ Usable from Colab::
     state, results = train.train_and_evaluate(quickstart.get_config(), '/tmp/run')
 """
 
+import contextlib
 import json
 import time
 from typing import Optional
@@ -369,7 +370,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   info, method, model, tx, mesh, steps_per_epoch = build(config, mesh)
   if config.get('init_from', ''):
     _init_from_dir(config.init_from)  # a bad path fails now, not after initialisation
-  files.as_path(workdir).mkdir(parents=True, exist_ok=True)
+  try:
+    files.as_path(workdir).mkdir(parents=True, exist_ok=True)
+  except OSError as e:  # a file, a path under a file, no permission: bad input, not a crash
+    raise ValueError(f'--workdir={workdir} can not be used as the run directory: {e}') from e
   current_config, config_diff = config_changes(config, workdir)
   _warn_config_changes(config_diff)  # config.json is rewritten once the checkpoint matches
   total_steps = int(config.num_epochs * steps_per_epoch)
@@ -511,7 +515,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   log = MetricsLog(workdir)
   # multi-process runs agree on a stop every 10 steps, keeping the collective off most steps
   preemption = checkpointing.PreemptionHandler(sync_every_steps=10)
-  try:
+  with contextlib.ExitStack() as cleanup:  # every callback runs, even if one before it fails
+    cleanup.callback(preemption.restore_handlers)  # last: a signal during the final commit
+    cleanup.callback(log.close)                    # only asks for a stop
+    cleanup.callback(ckpt.close)                   # waits for the last asynchronous save
     if 0 < start_step < total_steps and start_step % eval_every == 0 and _agreed(
         not log.has(start_step, 'eval')):
       # a stop that landed on an evaluation step saved before evaluating (its grace period is
@@ -549,6 +556,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         save(done)
       if stop:
         stopped_by = preemption.signal_name or 'stop request'
+        ckpt.wait()  # committed before saying so (its save runs in the background)
         logging.warning('Received %s: saved the checkpoint at step %d; exiting. Run the same '
                         'command again to resume.', stopped_by, done)
         break
@@ -560,11 +568,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if stopped_by is None:
       if done != start_step or not ckpt.all_steps():
         save(done)
+        ckpt.wait()  # a preemption during the final evaluation loses only the evaluation
       eval_results = run_eval(done)
-  finally:
-    ckpt.close()
-    log.close()
-    preemption.restore_handlers()
 
   results = {'step': int(done), 'stopped_by': stopped_by, 'skipped_updates': skipped,
              'wall_time_s': earlier['wall_time_s'] + time.time() - start_time,

@@ -187,6 +187,70 @@ def test_preemption_handler_second_signal_aborts_and_handlers_are_restored():
   assert signal.getsignal(signal.SIGINT) is before
 
 
+def test_a_failing_final_commit_still_restores_the_signal_handlers(tmp_path, monkeypatch):
+  # A background save that fails surfaces when the checkpointer closes; the cleanup after it
+  # (signal handlers, the metrics log) used to be skipped, leaving a notebook's Ctrl-C only
+  # logging "will save a checkpoint".
+  before = signal.getsignal(signal.SIGINT)
+  real_close = checkpointing.Checkpointer.close
+
+  def failing_close(self):
+    real_close(self)
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(checkpointing.Checkpointer, 'close', failing_close)
+  with pytest.raises(OSError, match='No space left'):
+    train.train_and_evaluate(tiny_config(num_epochs=0.25, eval_every_epochs=0.25), str(tmp_path))
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.parametrize('stop_at_call', [3, None])
+def test_checkpoints_are_committed_before_a_stop_is_announced_or_the_final_eval(
+    tmp_path, monkeypatch, stop_at_call):
+  # Saves run in the background: "saved the checkpoint; exiting" came while the commit could
+  # still fail, and the final evaluation ran (long, past a preemption's grace period) before
+  # the final checkpoint had landed.
+  events = []
+  real_wait = checkpointing.Checkpointer.wait
+  real_should_stop = checkpointing.PreemptionHandler.should_stop
+  real_evaluate = train.clean.evaluate
+
+  def wait(self):
+    real_wait(self)
+    events.append(('committed', self.all_steps()[-1] if self.all_steps() else None))
+
+  def should_stop(self):
+    stop = real_should_stop(self)
+    if self._calls == stop_at_call:
+      self.request_stop()
+      stop = True
+    return stop
+
+  class Said(logging.Handler):
+    def emit(self, record):
+      if 'saved the checkpoint at step' in record.getMessage():
+        events.append(('said', None))
+
+  monkeypatch.setattr(checkpointing.Checkpointer, 'wait', wait)
+  monkeypatch.setattr(checkpointing.PreemptionHandler, 'should_stop', should_stop)
+  monkeypatch.setattr(train.clean, 'evaluate',
+                      lambda *a, **k: events.append(('eval', None)) or real_evaluate(*a, **k))
+  said = Said()
+  logging.getLogger('absl').addHandler(said)
+  try:
+    _, results = train.train_and_evaluate(
+        tiny_config(num_epochs=0.25, eval_every_epochs=0.25, checkpoint_every_steps=100),
+        str(tmp_path))
+  finally:
+    logging.getLogger('absl').removeHandler(said)
+  if stop_at_call:
+    assert results['stopped_by'] == 'stop request'
+    assert events[:2] == [('committed', 3), ('said', None)], events
+  else:
+    final = results['step']
+    assert events[:2] == [('committed', final), ('eval', None)], events
+
+
 def test_sighup_saves_and_stops_unless_nohup_ignores_it():
   # A run in the foreground of a dropped SSH session gets SIGHUP: it used to die without a
   # checkpoint. Under nohup (SIGHUP ignored) the run must go on, so the handler leaves it alone.
@@ -358,10 +422,12 @@ def test_truncated_newest_checkpoint_falls_back_and_is_kept(tmp_path, caplog):
 @pytest.mark.parametrize('error', [
     RuntimeError('RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB.'),
     ValueError('UNAVAILABLE: Error reading "params/w" from gs://bucket/run: 503'),
-    PermissionError(13, 'Permission denied')])
+    PermissionError(13, 'Permission denied'),
+    OSError(5, 'Input/output error'),
+    TypeError("restore() got an unexpected keyword argument 'partial'")])
 def test_a_machine_or_storage_failure_leaves_every_checkpoint_in_place(tmp_path, error):
-  # Out of memory or unreachable storage says nothing about the files: setting the good steps
-  # aside would silently restart training from step 0.
+  # Out of memory, unreachable storage, an I/O error or a library change says nothing about the
+  # files: setting the good steps aside would silently restart training from step 0.
   directory = _saved(tmp_path)
   ckpt = checkpointing.Checkpointer(str(tmp_path))
 
@@ -375,6 +441,24 @@ def test_a_machine_or_storage_failure_leaves_every_checkpoint_in_place(tmp_path,
   ckpt.close()
   assert sorted(os.listdir(directory)) == ['1', '2', '3']
   assert not (tmp_path / checkpointing.UNREADABLE_DIR).exists()
+
+
+@pytest.mark.parametrize('damage', ['garbled_array_data', 'missing_array_data',
+                                    'missing_files'])
+def test_damaged_array_files_are_recognised_and_set_aside(tmp_path, damage):
+  # Damage past the JSON metadata reaches us as tensorstore's DATA_LOSS / NOT_FOUND (or a
+  # FileNotFoundError): those steps are set aside like a truncated one, not kept as "trouble".
+  directory = _saved(tmp_path)
+  for f in [f for f in (directory / '3').rglob('*') if f.is_file()]:
+    if damage == 'missing_files' or (f.parent.name == 'd' and damage == 'missing_array_data'):
+      f.unlink()
+    elif f.parent.name == 'd':
+      f.write_bytes(b'\x07' * f.stat().st_size)
+  ckpt = checkpointing.Checkpointer(str(tmp_path))
+  state, step = ckpt.restore(_state(0.0))
+  ckpt.close()
+  assert step == 2 and float(state['params']['w'][0]) == 2.0
+  assert sorted(os.listdir(tmp_path / checkpointing.UNREADABLE_DIR)) == ['3']
 
 
 def test_partial_tmp_directory_is_ignored_and_empty_step_directory_skipped(tmp_path, caplog):
@@ -630,6 +714,11 @@ def _build_folder(kind: str, root: pathlib.Path) -> str:
   return f'folder:{root}/data'
 
 
+def _workdir_is_a_file(root: pathlib.Path) -> None:
+  """--workdir naming a file (it raised a raw FileExistsError, exit status 1)."""
+  root.write_text('not a directory')
+
+
 def _other_model_checkpoint(root: pathlib.Path) -> None:
   """A workdir holding a checkpoint (and config.json) written by resnet8, not resnet_tiny."""
   config = tiny_config(model='resnet8')
@@ -724,6 +813,8 @@ BAD_INPUTS = [
     ('resume_other_model', 'workdir', _other_model_checkpoint,
      r'was written by a different model or method: .*params/.* is .* in the checkpoint, .* here'
      r'.*Its config.json differs from this run in: model \(\'resnet8\' -> \'resnet_tiny\'\)'),
+    ('workdir_is_a_file', 'workdir', _workdir_is_a_file,
+     r'--workdir=.*/run can not be used as the run directory: .*File exists'),
     ('processes_without_coordinator', 'distributed', {'num_processes': 2, 'process_id': 0},
      r'num_processes=2 needs --coordinator_address=host:port'),
     ('process_id_out_of_range', 'distributed',
@@ -739,8 +830,10 @@ def _describe(kind, value) -> str:
     return ', '.join(f'{k}={v!r}' for k, v in value.items())
   if kind == 'folder':
     return f'dataset=folder:<{FOLDERS[value]}>'
-  if kind == 'workdir':
+  if kind == 'workdir' and value is _other_model_checkpoint:
     return 'model=resnet_tiny in a workdir whose checkpoint was written by resnet8'
+  if kind == 'workdir':
+    return value.__doc__.split(' (')[0]
   return 'multi-process flags: ' + ', '.join(f'--{k}={v}' for k, v in value.items())
 
 
@@ -806,7 +899,7 @@ def test_bad_input_fails_early_with_a_message(case_id, kind, value, expected, tm
     with pytest.raises(ValueError) as e:
       train.train_and_evaluate(config, str(tmp_path / 'run'))
     message = str(e.value)
-    if kind == 'workdir':  # config.json still describes the checkpoint it sits beside
+    if value is _other_model_checkpoint:  # config.json still describes the checkpoint beside it
       assert json.loads((tmp_path / 'run' / 'config.json').read_text())['model'] == 'resnet8'
   assert re.search(expected, message), message
   _TABLE[case_id] = (tried, message.replace(str(tmp_path), '<tmp>').replace(
