@@ -205,7 +205,9 @@ class Checkpointer:
 
   def save(self, step: int, state) -> None:
     """Saves ``state`` as ``step`` (asynchronously); a step already on disk is left as it is."""
-    if step in self.manager.all_steps():
+    # Agreed: the save is collective, and a process whose listing lags (a cached network file
+    # system) entering it alone would hang every process.
+    if _any_process(step in self.manager.all_steps()):
       return
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
