@@ -35,7 +35,7 @@ def get_config():
   c.advprop_craft_bn = 'batch'    # batch statistics of the aux BN, running statistics frozen
   c.advprop_loss = 'sum'          # Algorithm 1: L_c + L_a
   c.advprop_fine_grained = False  # True: main / aux_augment / aux_adv (Table 5)
-  c.advprop_augment = 'autoaugment_cifar10'  # aux_augment's (the paper's AutoAugment)
+  c.advprop_augment = 'autoaugment_cifar10'  # aux_augment's (AutoAugment's learned policy)
   c.advprop_augment_ops = 2         # RandAugment's N and M (advprop_augment='randaugment')
   c.advprop_augment_magnitude = 9.0
   c.advprop_adv_source = 'augmented'

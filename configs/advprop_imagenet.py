@@ -26,7 +26,7 @@ def get_config():
   c.advprop_craft_bn = 'batch'
   c.advprop_loss = 'sum'
   c.advprop_fine_grained = False
-  c.advprop_augment = 'autoaugment_imagenet'  # aux_augment's (the paper's AutoAugment)
+  c.advprop_augment = 'autoaugment_imagenet'  # aux_augment's (AutoAugment's learned policy)
   c.advprop_augment_ops = 2         # RandAugment's N and M (advprop_augment='randaugment')
   c.advprop_augment_magnitude = 9.0
   c.advprop_adv_source = 'augmented'

@@ -1,8 +1,8 @@
 r"""AutoAugment on CIFAR-10: the "AutoAugment, Vanilla" baseline of EWS's Table 1 (no EWS).
 
 AutoAugment (Cubuk et al. 2019) applies one of the 25 sub-policies it learned on reduced CIFAR-10 to
-every training image, after the standard crop and flip and before Cutout (16 x 16), as in its CIFAR
-pipeline, with the operations' magnitude ranges as torchvision ships them (e.g. translation up to
+every training image, after the standard crop and flip and before Cutout (16 x 16) (its CIFAR
+code applies the policy before the crop and flip), with the operations' magnitude ranges as torchvision ships them (e.g. translation up to
 150/331 of the size and signed enhancement factors 1 +- 0.9 m/9, where the original CIFAR code
 shifts at most 10 pixels and scales 0.1 + 1.8 m/10). Both run on device (``config.device_augment``,
 ``config.cutout_size``; ``jaxrobust.augmentations.autoaugment``), in front of any method's step. EWS

@@ -496,6 +496,12 @@ class AugMixSettings:
       raise ValueError(f"augmix=True with device_augment={config.get('device_augment')!r}: AugMix "
                        "replaces AutoAugment (whose colour/contrast ops it leaves out on purpose); "
                        "set device_augment='none'.")
+    if config.get('cutout_size', 0):
+      # Cutout runs before the step: the clean image and both AugMix views would share its
+      # square, which the Jensen-Shannon term would then teach the model to agree on.
+      raise ValueError(f"augmix=True with cutout_size={config.get('cutout_size')!r}: AugMix's "
+                       'views and its clean image would share one Cutout square; set '
+                       'cutout_size=0.')
     d = cls()
     s = cls(severity=config.get('augmix_severity', d.severity),
             width=config.get('augmix_width', d.width),

@@ -224,6 +224,12 @@ def test_targeted_crafting_moves_toward_targets():
     (dict(advprop_adv_source='mixed'), "allowed values: \\('augmented', 'clean'\\)"),
     (dict(advprop_augment_magnitude=11), 'allowed: \\[0, 10\\]'),
     (dict(advprop_augment_ops=-1), 'integers >= 0'),
+    # the loop's augmentation would reach 'main' and augment 'aux_augment' twice
+    (dict(advprop_fine_grained=True, device_augment='autoaugment_cifar10'),
+     r"advprop_fine_grained=True with device_augment='autoaugment_cifar10', cutout_size=0: .*"
+     r"set device_augment='none' and cutout_size=0"),
+    (dict(advprop_fine_grained=True, cutout_size=16),
+     r"advprop_fine_grained=True with device_augment='none', cutout_size=16"),
 ])
 def test_bad_config_values(overrides, match):
   with pytest.raises(ValueError, match=match):

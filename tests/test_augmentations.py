@@ -159,6 +159,9 @@ def test_ews_with_augmix_distils_the_subnet_on_every_view():
     (dict(augmix=True, method='ews_pgd_at'), r"method 'ews_pgd_at' does not train on AugMix"),
     (dict(augmix=True, device_augment='autoaugment_cifar10'),
      r"augmix=True with device_augment='autoaugment_cifar10': AugMix replaces AutoAugment"),
+    (dict(augmix=True, cutout_size=16),
+     r"augmix=True with cutout_size=16: AugMix's views and its clean image would share one "
+     r"Cutout square"),
 ])
 def test_bad_augmix_settings_fail_before_compiling(overrides, match):
   config = tiny_config(**overrides)

@@ -54,7 +54,9 @@ standard augmentation (random crop + flip, the paper's non-AutoAugment pre-proce
 * ``'main'`` gets the batch as the pipeline delivers it (standard augmentation only);
 * ``'aux_augment'`` gets the same batch after an on-device AutoAugment with the learned policy
   of ``advprop_augment`` (``'autoaugment_cifar10'`` or ``'autoaugment_imagenet'``,
-  :func:`jaxrobust.augmentations.autoaugment`; the configs pick the dataset's), or after
+  :func:`jaxrobust.augmentations.autoaugment`; the configs pick the dataset's: the AutoAugment
+  paper's policies with torchvision's magnitudes, not EfficientNet's ``v0`` policy of the TPU
+  code AdvProp trained with, which has other sub-policies), or after
   RandAugment (``'randaugment'``, :func:`jaxrobust.augmentations.rand_augment`: the AutoAugment
   operations sampled uniformly, ``advprop_augment_ops`` N = 2 at ``advprop_augment_magnitude``
   M = 9; also what a saved run without the key trained with);
@@ -158,6 +160,15 @@ class AdvProp(Method):
     self.fine_grained = validation.check_bool('advprop_fine_grained',
                                               c.get('advprop_fine_grained', False))
     self.eval_aux = validation.check_bool('advprop_eval_aux', c.get('advprop_eval_aux', False))
+    device_augment, cutout = c.get('device_augment', 'none'), c.get('cutout_size', 0)
+    if self.fine_grained and (device_augment != 'none' or cutout):
+      # The loop augments every batch before the step: 'main' would no longer see the clean
+      # images the paper keeps it for, and 'aux_augment' would be augmented twice.
+      raise ValueError(
+          f'advprop_fine_grained=True with device_augment={device_augment!r}, cutout_size='
+          f'{cutout!r}: fine-grained AdvProp augments its own aux_augment batch '
+          "(advprop_augment) and keeps the main BN on clean images; set device_augment='none' "
+          'and cutout_size=0.')
     self.adv_source = c.get('advprop_adv_source', 'augmented')
     validation.check_choice('advprop_adv_source', self.adv_source, ADV_SOURCES)
     self.augment = c.get('advprop_augment', 'randaugment')

@@ -7,7 +7,8 @@ kept (``m_k = round(rho * C_k)`` or similar, decided by the caller).
 
 Per slot the controller
 
-1. advances an LSTM (hidden size 100) by one step; its input is the average embedding of the
+1. advances an LSTM (hidden size 100: the paper states 100-d embeddings only; ENAS, which it
+   follows, uses 100 for both) by one step; its input is the average embedding of the
    candidates chosen at the previous slot (a constant zero vector and zero state before the
    first slot: the paper's "initial hidden state kept constant during training");
 2. maps the LSTM output to logits with one fully connected layer shared by all slots whose
@@ -149,7 +150,7 @@ class SubnetController(nn.Module):
 
   Attributes:
     slots: static tuple of ``(C_k, m_k)``: candidates and number to choose per decision.
-    hidden_size: LSTM hidden size (100 in the paper).
+    hidden_size: LSTM hidden size (100, as ENAS; the paper does not state it).
     embed_dim: candidate embedding size (100 in the paper).
     init_scale: parameters are initialised U(-init_scale, init_scale) (ENAS's 0.1), which keeps
       the initial policy close to uniform.

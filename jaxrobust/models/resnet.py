@@ -24,6 +24,13 @@ Architectures (parameter counts are tested against the published ones):
   Komodakis 2016): pre-activation basic blocks, widths 16k/32k/64k, (d-4)/6 blocks per group
   (WRN-28-10: 36,479,194 params).
 * Shortcuts are 1x1 convolutions (+BN for post-activation nets) whenever shape changes.
+
+Known differences from the PyTorch references, kept so that saved runs keep their numbers:
+* Strided 3x3 convolutions pad SAME, i.e. (0, 1) on even sizes (as flax's ImageNet example),
+  where PyTorch pads (1, 1): the branch's windows centre on odd pixels while the 1x1 stride-2
+  shortcut reads even ones. Parameter counts are unchanged; the stem's 7x7 is padded (3, 3).
+* The classifier is flax's ``Dense`` default (LeCun normal, std 1/sqrt(fan_in), zero bias);
+  PyTorch's ``Linear`` draws U(-1/sqrt(fan_in), 1/sqrt(fan_in)), sqrt(3) times smaller.
 """
 
 import functools
