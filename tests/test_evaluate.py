@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,9 @@ def test_all_suites_write_a_report(trained, tmp_path):
   assert np.asarray(report['frequency']['map']).shape == (8, 8)
   summary = open(tmp_path / 'summary.md').read()
   assert '## Clean' in summary and 'apgd_ce' in summary and 'epsilon*' in summary
+  h, w, c = run.info.image_shape
+  assert 'in [0, 1] pixel units' in summary and f'sqrt({h}*{w}*{c}) = ' in summary
+  assert 'L2 norm 4.0 per channel and frequency' in summary
   assert '| advprop_pgd1 (eps 1/255) |' in summary and '| madry_pgd10 |' in summary
   # The comparison table (scripts/compare_methods.py) reads the run's files back.
   run_dir = tmp_path / 'as_run'
@@ -164,6 +168,14 @@ def test_bad_suite_and_workdir(trained, tmp_path):
   run = runner.load_run(trained)
   with pytest.raises(ValueError, match='Unknown suite.*valid: clean'):
     runner.run_suites(run, ['robustness'], out_dir=str(tmp_path))
+  # attack_examples=0 read no data, and the attack suites reported 0.00% robust accuracy
+  with pytest.raises(ValueError, match=r'attack_examples=0 is out of range; allowed: integers >= 1'):
+    runner.run_suites(run, ['pgd'], out_dir=str(tmp_path), attack_examples=0)
+  # eps* and the Fourier map gather per-image values on one host: refused with several
+  with mock.patch.object(jax, 'process_count', return_value=2):
+    with pytest.raises(ValueError, match=r"Suite\(s\) \['eps_star'\] take medians.*single process"):
+      runner.run_suites(run, ['clean', 'eps_star'], out_dir=str(tmp_path))
+  assert not os.listdir(tmp_path)  # refused before anything ran or was written
   with pytest.raises(ValueError, match='not a training workdir'):
     runner.load_run(str(tmp_path))
   with pytest.raises(ValueError, match="Domain 'aux' not in this run"):

@@ -288,6 +288,29 @@ def test_subnet_analysis_full_masks_reproduce_the_full_network():
                                         space=m.space, mode='all')
 
 
+def test_subnets_under_batch_statistics_do_not_depend_on_the_device_count():
+  # Each device normalised with its own share of the batch: on 8 devices a "batch of 500" was
+  # statistics over ~62 examples, and the figures changed with the hardware.
+  _, _, m, state = _setup()
+  host = parallel.to_host(state)
+  batches = [dict(_batch(i), mask=np.ones(16, np.float32)) for i in range(2)]
+  masks = m.space.random_batch(jax.random.key(3), 2)
+  results = []
+  for n in (1, 4):
+    mesh = parallel.make_mesh(jax.devices()[:n])
+    params, stats = parallel.replicate((host.params, host.batch_stats), mesh)
+    results.append(subnet_analysis.evaluate_subnets(m.model, params, stats, batches, mesh, masks,
+                                                    bn='batch', chunk_size=2))
+  np.testing.assert_allclose(results[0]['accuracy'], results[1]['accuracy'])
+  np.testing.assert_allclose(results[0]['confidence'], results[1]['confidence'], rtol=1e-4)
+  assert results[0]['full_batch_accuracy'] == results[1]['full_batch_accuracy']
+  # and the batch size divides the examples asked for: none is skipped as padding
+  assert subnet_analysis.unpadded_batch_size(512, 1000, 8) == 200
+  assert subnet_analysis.unpadded_batch_size(512, 500, 1) == 500
+  assert subnet_analysis.unpadded_batch_size(64, 1001, 8) == 40
+  assert subnet_analysis.unpadded_batch_size(512, 4, 8) == 8
+
+
 def test_subnet_measurements_run_without_dropout():
   # A WideResNet-style backbone with dropout: subnet analysis and EWS's search rewards use batch
   # statistics but are measurements, so dropout is off (they used to fail for want of its rng)

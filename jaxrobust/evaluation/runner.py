@@ -28,6 +28,7 @@ from absl import logging
 
 from jaxrobust import (attacks, checkpointing, config_keys, corruptions, data, files, models,
                        parallel)
+from jaxrobust.attacks import validation
 from jaxrobust.evaluation import clean, frequency, metrics, noise_robustness, plots
 
 SUITES = ('clean', 'corruptions', 'tfds_corruptions', 'pgd', 'apgd', 'eps_star', 'frequency')
@@ -410,11 +411,18 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
   if unknown:
     raise ValueError(f'Unknown suite(s) {unknown}; valid: {", ".join(SUITES)}.')
   severities = check_severities(corruption_severities)
+  validation.check_int('attack_examples', attack_examples, low=1)  # 0 read no data: 0% robust
+  gathered = [s for s in suites if s in ('eps_star', 'frequency')]
+  if gathered and jax.process_count() > 1:
+    raise ValueError(f'Suite(s) {gathered} take medians/maps over per-image values on one host; '
+                     f'run them in a single process (python -m jaxrobust.evaluate is one), not '
+                     f'in each of {jax.process_count()}.')
   out_dir = str(out_dir or files.as_path(run.workdir) / f'eval_{run.domain}')
   files.as_path(out_dir).mkdir(parents=True, exist_ok=True)  # a bad path fails now
   report = {'workdir': run.workdir, 'step': run.step, 'domain': run.domain,
             'model': run.config.model, 'method': run.config.method, 'dataset': run.info.name,
-            'devices': run.mesh.devices.size, 'timings_s': {}}
+            'image_shape': list(run.info.image_shape), 'devices': run.mesh.devices.size,
+            'timings_s': {}}
   for suite in suites:
     start = time.time()
     if suite == 'clean':
@@ -527,7 +535,11 @@ def write_report(report: dict, out_dir: str) -> None:
                                  out / 'accuracy_vs_eps.png',
                                  xlabel='epsilon (x/255)')
   if 'eps_star' in report:
+    h, w, c = report.get('image_shape', (None, None, None))
+    bound = f' (searched up to sqrt({h}*{w}*{c}) = {np.sqrt(h * w * c):.1f})' if h else ''
     lines += ['## Noise robustness: median minimal L2 (epsilon*)', '',
+              'L2 norm of the (clipped) perturbation over all pixel values, in [0, 1] pixel '
+              f'units; "never flipped" images count as infinite{bound}.', '',
               '| noise | epsilon* | never flipped | misclassified clean |', '|---|---|---|---|']
     for noise, r in report['eps_star'].items():
       lines.append(f'| {noise} | {r["eps_star"]:.4f} | {100 * r["frac_never_flipped"]:.1f}% | '
@@ -540,8 +552,8 @@ def write_report(report: dict, out_dir: str) -> None:
     np.savetxt(text, fmap, delimiter=',', fmt='%.4f')
     (out / 'frequency.csv').write_text(text.getvalue())
     lines += ['## Fourier heat map', '', f'Error under a Fourier-basis perturbation of L2 norm '
-              f'{report["frequency"]["norm"]} per frequency (mean {np.nanmean(fmap):.3f}); see '
-              '`frequency_heat_map.png`.', '']
+              f'{report["frequency"]["norm"]} per channel and frequency (mean '
+              f'{np.nanmean(fmap):.3f}); see `frequency_heat_map.png`.', '']
   lines += ['Timings (s): ' + ', '.join(f'{k} {v:.0f}' for k, v in report['timings_s'].items())]
   (out / 'summary.md').write_text('\n'.join(lines) + '\n')
   # Last: its presence marks a finished report (scripts/compare_methods.py skips those).

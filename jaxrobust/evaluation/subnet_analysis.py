@@ -14,8 +14,10 @@ r"""EWS subnet analysis (Guo et al. 2022): subnet confidence (Figure 1), block v
 
 **BatchNorm.** Subnets are evaluated with ``bn='batch'`` by default: each subnet normalises with
 the batch statistics of its own activations (as EWS trains subnets; the full network's running
-statistics do not describe a subnet's activations). Use large evaluation batches (e.g. 500), and
-note that in this mode a padded final batch is skipped (its padding would enter the statistics).
+statistics do not describe a subnet's activations), taken over the whole evaluation batch across
+devices, so results do not depend on the device count. Use large evaluation batches (e.g. 500),
+and note that in this mode a padded final batch is skipped (its padding would enter the
+statistics); :func:`analyse_run` picks a batch size that divides the examples asked for.
 ``bn='running'`` uses the ``'main'`` running statistics. The full network is evaluated with its
 running statistics (as deployed, the stars of the figure) and, under ``bn='batch'``, also with
 the batch statistics the subnets use (``full_batch_accuracy``): on corrupted images batch
@@ -94,6 +96,16 @@ def corruption_perturbation(name: str, severity: int) -> Perturbation:
 # ------------------------------------------------------------------------------- evaluation
 
 
+def unpadded_batch_size(limit: int, num_examples: int, devices: int) -> int:
+  """The largest multiple of ``devices`` up to ``limit`` that divides ``num_examples`` rounded
+  down to a multiple of ``devices`` (``devices`` itself at worst)."""
+  examples = max(devices, num_examples // devices * devices)
+  size = max(devices, min(limit, examples) // devices * devices)
+  while examples % size:
+    size -= devices
+  return size
+
+
 def true_class_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """``softmax(logits)[i, labels[i]]`` per example."""
   probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
@@ -110,6 +122,10 @@ def _sums(logits, labels, weights):
 def _steps(model, mesh, bn: str, perturbation: Optional[Perturbation]):
   """Jitted per-device bodies: perturb a batch; full-network sums; sums of a chunk of subnets."""
   batch_spec = P(parallel.AXIS)
+  if bn == 'batch' and getattr(model, 'bn_axis_name', '') is None:
+    # Statistics over the whole evaluation batch, not each device's share of it: the numbers
+    # then do not depend on how many devices the analysis runs on.
+    model = model.clone(bn_axis_name=parallel.AXIS)
 
   def perturb(params, batch_stats, x, y, rng):
     rng = jax.random.fold_in(rng, jax.lax.axis_index(parallel.AXIS))
@@ -326,10 +342,10 @@ def analyse_run(workdir: str, *, num_subnets: int, rho: float, corruption: str =
   space = subnets.subnet_space(model, rho, image_shape=tuple(info.image_shape))
   batch_size = parallel.eval_batch_size(config.eval_batch_size, mesh)
   if bn == 'batch' and max_examples:
-    # Batch statistics must not see padding, so padded batches are skipped: with few examples,
-    # batches no larger than the examples asked for (a multiple of the devices).
-    devices = mesh.devices.size
-    batch_size = min(batch_size, max(devices, max_examples // devices * devices))
+    # Batch statistics must not see padding, so padded batches are skipped: batches that divide
+    # the examples asked for (rounded down to a multiple of the devices) leave none padded, where
+    # e.g. 1000 examples in batches of 512 evaluated only the first 512.
+    batch_size = unpadded_batch_size(batch_size, max_examples, mesh.devices.size)
 
   def make_batches():
     return data.eval_iterator(info, global_batch_size=batch_size,
