@@ -20,3 +20,16 @@ def as_path(path) -> epath.Path:
   if '://' in path:
     return epath.Path(path)
   return epath.Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def write_text_atomic(path, text: str) -> None:
+  """Writes ``text`` to a sibling temporary file, then renames it over ``path``.
+
+  A kill mid-write leaves the old file whole (a rename is atomic on a local file system, and an
+  object is replaced whole on Cloud Storage): a truncated ``config.json`` would silently switch
+  off the comparison with the config that wrote the checkpoints.
+  """
+  path = as_path(path)
+  tmp = path.with_name(path.name + '.tmp')
+  tmp.write_text(text)
+  tmp.replace(path)

@@ -346,8 +346,8 @@ def config_changes(config, workdir) -> tuple[dict, list]:
 
 def _write_config(current: dict, workdir: str) -> None:
   if jax.process_index() == 0:
-    (files.as_path(workdir) / 'config.json').write_text(
-        json.dumps(current, indent=2, sort_keys=True))
+    files.write_text_atomic(files.as_path(workdir) / 'config.json',
+                            json.dumps(current, indent=2, sort_keys=True))
 
 
 def _warn_config_changes(changes: list) -> None:
@@ -575,7 +575,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
              'wall_time_s': earlier['wall_time_s'] + time.time() - start_time,
              **{f'eval_{k}': v for k, v in eval_results.items()}}
   if jax.process_index() == 0:
-    (files.as_path(workdir) / 'results.json').write_text(json.dumps(results, indent=2))
+    files.write_text_atomic(files.as_path(workdir) / 'results.json',
+                            json.dumps(results, indent=2))
   return state, results
 
 

@@ -906,6 +906,23 @@ def test_bad_input_fails_early_with_a_message(case_id, kind, value, expected, tm
       str(pathlib.Path(tmp_path).resolve()), '<tmp>'))
 
 
+def test_a_write_cut_short_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+  # config.json / results.json: a kill mid-write used to leave a truncated file, which switched
+  # off the config comparison (config.json) or the carried-over totals (results.json).
+  path = tmp_path / 'config.json'
+  files.write_text_atomic(path, '{"model": "resnet8"}')
+  real_write = type(files.as_path(path)).write_text
+
+  def killed_mid_write(self, text, *args, **kwargs):
+    real_write(self, text[:5], *args, **kwargs)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(type(files.as_path(path)), 'write_text', killed_mid_write)
+  with pytest.raises(KeyboardInterrupt):
+    files.write_text_atomic(path, '{"model": "resnet_tiny"}')
+  assert json.loads(path.read_text()) == {'model': 'resnet8'}
+
+
 def test_a_uri_workdir_is_used_as_it_is(tmp_path, monkeypatch):
   # A gs:// workdir must reach the file layer unchanged: os.path.abspath would turn it into the
   # local directory <cwd>/gs:/bucket/run and the run would silently write to the VM's disk.
