@@ -21,14 +21,8 @@ from configs import default, ews_cifar
 
 
 def add_augmix_keys(c, *, severity: int = 5):
-  """AugMix's hyper-parameters (its section 4 / reference code; severity 5 as in EWS)."""
-  c.augmix = True
-  c.augmix_severity = severity  # op strength U(0.1, severity) / 10 of AutoAugment's ranges
-  c.augmix_width = 3            # chains mixed per view
-  c.augmix_depth = -1           # ops per chain: -1 = uniform in 1..3
-  c.augmix_alpha = 1.0          # Dirichlet (chain weights) and Beta (mix with the original)
-  c.augmix_jsd_weight = 12.0    # lambda of the Jensen-Shannon consistency term
-  return c
+  """AugMix switched on with its hyper-parameters (:func:`configs.default.add_augmix_keys`)."""
+  return default.add_augmix_keys(c, enabled=True, severity=severity)
 
 
 def get_config():

@@ -150,3 +150,19 @@ def imagenet_resnet_recipe(c: ml_collections.ConfigDict,
   c.lr_boundaries = (30.0, 60.0)
   c.lr_decay_factor = 0.1
   return c
+
+
+def add_augmix_keys(c: ml_collections.ConfigDict, *, enabled: bool = True,
+                    severity: int = 5) -> ml_collections.ConfigDict:
+  """AugMix's hyper-parameters (its section 4 / reference code; severity 5 as in EWS).
+
+  The configs of the methods that train on AugMix views (vanilla, EWS) carry them switched off
+  (``enabled=False``), so ``--config.augmix=True`` works from the command line there.
+  """
+  c.augmix = enabled
+  c.augmix_severity = severity  # op strength U(0.1, severity) / 10 of AutoAugment's ranges
+  c.augmix_width = 3            # chains mixed per view
+  c.augmix_depth = -1           # ops per chain: -1 = uniform in 1..3
+  c.augmix_alpha = 1.0          # Dirichlet (chain weights) and Beta (mix with the original)
+  c.augmix_jsd_weight = 12.0    # lambda of the Jensen-Shannon consistency term
+  return c

@@ -77,4 +77,4 @@ def recipe(c):
 def get_config():
   c = recipe(default.get_config())
   c.method = 'ews'
-  return add_ews_keys(c)
+  return default.add_augmix_keys(add_ews_keys(c), enabled=False)

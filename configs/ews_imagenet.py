@@ -27,4 +27,4 @@ def get_config():
   c.lr_schedule = 'step'
   c.lr_boundaries = (60.0, 120.0)
   c.lr_decay_factor = 0.1
-  return add_ews_keys(c, lam=0.7)
+  return default.add_augmix_keys(add_ews_keys(c, lam=0.7), enabled=False)

@@ -18,4 +18,4 @@ def get_config():
   c.lr_schedule = 'onecycle'
   c.log_every_steps = 50
   c.eval_every_epochs = 5
-  return c
+  return default.add_augmix_keys(c, enabled=False)

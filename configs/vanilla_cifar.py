@@ -16,4 +16,4 @@ from configs import default
 def get_config():
   c = default.cifar_resnet18_recipe(default.get_config())
   c.method = 'vanilla'
-  return c
+  return default.add_augmix_keys(c, enabled=False)

@@ -14,4 +14,4 @@ from configs import default
 def get_config():
   c = default.mixprop_cifar100_recipe(default.get_config())
   c.method = 'vanilla'
-  return c
+  return default.add_augmix_keys(c, enabled=False)

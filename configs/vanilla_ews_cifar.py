@@ -15,4 +15,4 @@ from configs import default, ews_cifar
 def get_config():
   c = ews_cifar.recipe(default.get_config())
   c.method = 'vanilla'
-  return c
+  return default.add_augmix_keys(c, enabled=False)

@@ -16,4 +16,4 @@ from configs import default
 def get_config():
   c = default.imagenet_resnet_recipe(default.get_config(), model='resnet50')
   c.method = 'vanilla'
-  return c
+  return default.add_augmix_keys(c, enabled=False)

@@ -3,7 +3,8 @@ with the default it was meant to replace.
 
 On the command line ml_collections already refuses a key the ``--config`` file lacks; a config
 edited in Python (a notebook's ``config.ews_lamda = 0``) has no such guard, so
-:func:`jaxrobust.train.validate_config` checks its keys against :data:`KNOWN`.
+:func:`jaxrobust.train.validate_config` checks its keys against :data:`KNOWN` and the keys a
+registered method declares in its ``defaults`` (:func:`known`).
 ``tests/test_configs.py`` keeps this list equal to the keys the shipped configs define and a
 superset of those the code reads: a new key goes here and into its method's config.
 """
@@ -61,9 +62,18 @@ METHODS = (
 KNOWN = frozenset(LOOP + METHODS)
 
 
+def known() -> frozenset:
+  """:data:`KNOWN` plus the keys each registered method declares in its ``defaults``: a method
+  registered from a notebook (``methods.register``) brings its own keys, without an edit here."""
+  from jaxrobust import methods  # pylint: disable=g-import-not-at-top
+  declared = {key for name in methods.names() for key in methods.get(name).defaults}
+  return KNOWN | declared
+
+
 def unknown(config) -> list[str]:
   """The top-level keys of ``config`` that no part of the library reads, sorted."""
-  return sorted(k for k in config.keys() if k not in KNOWN)
+  valid = known()
+  return sorted(k for k in config.keys() if k not in valid)
 
 
 def check(config) -> None:
@@ -73,9 +83,9 @@ def check(config) -> None:
     return
   hints = []
   for key in bad:
-    close = difflib.get_close_matches(key, KNOWN, n=1)
+    close = difflib.get_close_matches(key, known(), n=1)
     hints.append(f'{key!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
   raise ValueError(f'Unknown config key(s): {", ".join(hints)}. Nothing reads them, so the run '
                    f'would use the defaults they were meant to change; the valid keys are '
                    f'configs/default.py\'s and the method config\'s (all in '
-                   f'jaxrobust/config_keys.py).')
+                   f'jaxrobust/config_keys.py, or a registered method\'s `defaults`).')

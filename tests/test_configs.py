@@ -27,6 +27,13 @@ def test_config_validates_and_names_its_command(name):
     for key, value in CPU_BUDGET.items():
       c[key] = value
     train.validate_config(c)
+  if name != 'default' and c.method in ('vanilla', 'ews') and c.get('device_augment',
+                                                                  'none') == 'none':
+    # The README's "augmix=True for vanilla and EWS" on the command line, where ml_collections
+    # refuses a key the config file lacks (it did for eight of these configs).
+    assert {'augmix', 'augmix_severity', 'augmix_jsd_weight'} <= set(c), name
+    c.augmix = True
+    train.validate_config(c)
 
 
 def test_recipes_set_what_the_papers_state():
@@ -77,6 +84,25 @@ def test_a_misspelt_key_set_in_python_is_refused_with_the_closest_known_one():
   c.ews_lamda = 0.0  # unlocked ConfigDict: ml_collections accepts it
   with pytest.raises(ValueError, match=r"Unknown config key\(s\): 'ews_lamda' \(did you mean "
                                        r"'ews_lambda'\?\)"):
+    train.validate_config(c)
+
+
+def test_a_method_registered_from_a_notebook_brings_its_own_keys(monkeypatch):
+  # Its keys were refused (config_keys.py is a fixed list), so a new method could take none
+  # without an edit to the library; a misspelling of them is still refused.
+  from jaxrobust.methods import vanilla  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(methods, '_REGISTRY', dict(methods._REGISTRY))  # unregistered afterwards
+
+  @methods.register('scaled_vanilla')
+  class ScaledVanilla(vanilla.Vanilla):  # pylint: disable=unused-variable
+    defaults = {'scaled_vanilla_alpha': 0.5}
+
+  c = default.get_config()
+  c.method, c.scaled_vanilla_alpha = 'scaled_vanilla', 2.0
+  assert train.validate_config(c).option('scaled_vanilla_alpha') == 2.0
+  c.scaled_vanila_alpha = 1.0
+  with pytest.raises(ValueError, match=r"'scaled_vanila_alpha' \(did you mean "
+                                       r"'scaled_vanilla_alpha'\?\)"):
     train.validate_config(c)
 
 
