@@ -6,8 +6,9 @@ synthetic data after compilation, and reported as images/s and as a multiple of 
 step timed the same way in the same run, next to the method's theoretical count of
 forward+backward passes (``Method.forward_backward_passes``; a forward alone counts 1/3):
 AdvProp PGD-n n + 2, MixProp 2, Mixup 1, PGD-AT PGD-10 11, TRADES 10 + 1/3 + 2, GNT 1, ANT 2,
-Auxiliary Training 5, EWS 2. EWS also gets its periodic controller-search phase timed, as a
-multiple of one epoch's training time at the config's search interval.
+Auxiliary Training 5, EWS 2. Periodic hooks are timed too: EWS's controller search (as a
+multiple of one epoch's training time at the config's search interval) and ANT's generator
+restart, each as the share it adds to training; an epoch is ``--train_examples`` // batch.
 
     python benchmarks/throughput.py                                    # CPU-sized defaults
     python benchmarks/throughput.py --methods=advprop:advprop_attack=advprop_pgd1,mixprop
@@ -69,6 +70,8 @@ class StepCost:
   relative: Optional[float] = None          # filled in by :func:`compare`
   search_seconds: Optional[float] = None    # EWS: one search phase
   search_epochs: Optional[float] = None     # EWS: search interval K in epochs
+  # Every periodic hook (EWS's search, ANT's generator restart): name, seconds, every_steps.
+  hooks: list = dataclasses.field(default_factory=list)
 
   @property
   def images_per_second(self) -> float:
@@ -109,7 +112,8 @@ def measure_step(method: str, overrides: Optional[dict] = None, *, model: str = 
     seed: data and init seed.
     clock: 'wall' (elapsed time: what an accelerator run costs) or 'cpu' (process CPU time of
       all threads: a stable measure of work on a CPU host shared with other jobs).
-    steps_per_epoch: epoch length assumed by EWS's search (its subset is 10% of an epoch).
+    steps_per_epoch: epoch length the hooks assume (EWS's search subset is 10% of an epoch,
+      and its interval is in epochs): the training set's size over ``batch_size``.
 
   Returns:
     A :class:`StepCost` (``relative`` unset).
@@ -152,15 +156,17 @@ def measure_step(method: str, overrides: Optional[dict] = None, *, model: str = 
     per_step = min(per_step, (now() - t0) / steps)
   cost = StepCost(method, overrides, model, batch_size, per_step,
                   float(m.forward_backward_passes()), compile_s, num_devices=mesh.devices.size)
-  if hasattr(m, 'run_search') and getattr(m, 'has_controller', False):
-    # Two untimed searches compile everything: the first compiles the search, the second the
-    # controller restart that every later search begins with. (The search donates state.)
+  for hook in m.hooks():
+    # Two untimed calls compile everything (EWS: the search, then the controller restart every
+    # later search begins with; ANT: the restart's scan). Hooks may donate the state.
     for _ in range(2):
-      state = jax.block_until_ready(m.run_search(state))
+      state = jax.block_until_ready(hook.fn(state))
     t0 = now()
-    state = jax.block_until_ready(m.run_search(state))
-    cost.search_seconds = now() - t0
-    cost.search_epochs = m.search_every_epochs
+    state = jax.block_until_ready(hook.fn(state))
+    seconds = now() - t0
+    cost.hooks.append({'name': hook.name, 'seconds': seconds, 'every_steps': hook.every_steps})
+    if hook.name == 'ews_search':
+      cost.search_seconds, cost.search_epochs = seconds, m.search_every_epochs
   return cost
 
 
@@ -208,6 +214,13 @@ def format_table(results: Sequence[StepCost], clock: str = 'wall',
                    f'{r.search_seconds / epoch_s:.3f} epochs of its training; every '
                    f'{r.search_epochs:g} epochs that adds '
                    f'{100 * r.search_seconds / (epoch_s * r.search_epochs):.1f}% to training.')
+    for h in r.hooks:
+      if h['name'] != 'ews_search':
+        lines.append(f'{r.method}: {h["name"]} {h["seconds"]:.2f} s every {h["every_steps"]} '
+                     f'steps adds {100 * h["seconds"] / (h["every_steps"] * r.seconds_per_step):.1f}'
+                     '% to training.')
+  lines.append('(The first row\'s compile time includes the backend\'s one-time start-up. Hooks '
+               'and searches reuse one device-resident batch: no input pipeline is timed.)')
   return '\n'.join(lines)
 
 
@@ -245,26 +258,59 @@ def main(argv=None):
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--num_devices', type=int, default=0, help='0 = all devices')
   parser.add_argument('--clock', default='wall', choices=tuple(CLOCKS))
-  parser.add_argument('--steps_per_epoch', type=int, default=390,
-                      help='epoch length for the EWS search cost (CIFAR at batch 128: 390)')
+  parser.add_argument('--train_examples', type=int, default=50000,
+                      help='training-set size: epoch length (and so the hooks\' intervals and '
+                           'EWS\'s search subset) is train_examples // batch size')
+  parser.add_argument('--steps_per_epoch', type=int, default=0,
+                      help='epoch length in steps; 0 = train_examples // batch size')
   parser.add_argument('--out', default='', help='JSON output path (optional)')
   args = parser.parse_args(argv)
-  entries = [parse_entry(e) for e in args.methods.split(',') if e]
+  entries, models_, batch_sizes = _checked_arguments(parser, args)
   devices = jax.devices()[:args.num_devices] if args.num_devices else None
   everything = []
-  for model in args.models.split(','):
-    for batch_size in (int(b) for b in args.batch_sizes.split(',')):
-      results = compare(entries, on_result=_progress, model=model, image_size=args.image_size,
+
+  def on_result(cost):
+    _progress(cost)
+    everything.append(cost)
+    if args.out:  # after every measurement: a stopped run keeps what it finished
+      os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
+      with open(args.out, 'w') as f:
+        json.dump([dataclasses.asdict(r) | {'backend': jax.default_backend()}
+                   for r in everything], f, indent=1)
+
+  for model in models_:
+    for batch_size in batch_sizes:
+      steps_per_epoch = args.steps_per_epoch or max(1, args.train_examples // batch_size)
+      results = compare(entries, on_result=on_result, model=model, image_size=args.image_size,
                         batch_size=batch_size, steps=args.steps, repeats=args.repeats,
-                        devices=devices, clock=args.clock, steps_per_epoch=args.steps_per_epoch)
-      print(format_table(results, args.clock, args.steps_per_epoch), flush=True)
-      everything += results
-      if args.out:  # after every table, so a stopped run keeps the finished ones
-        os.makedirs(os.path.dirname(args.out) or '.', exist_ok=True)
-        with open(args.out, 'w') as f:
-          json.dump([dataclasses.asdict(r) | {'backend': jax.default_backend()}
-                     for r in everything], f, indent=1)
+                        devices=devices, clock=args.clock, steps_per_epoch=steps_per_epoch)
+      print(format_table(results, args.clock, steps_per_epoch), flush=True)
   return everything
+
+
+def _checked_arguments(parser, args):
+  """Every (model, batch size, entry) validated before anything compiles: a typo found after
+  minutes of compiling on a leased accelerator is a waste of that lease."""
+  for name in ('steps', 'repeats', 'train_examples'):
+    if getattr(args, name) < 1:
+      parser.error(f'--{name}={getattr(args, name)} must be >= 1.')
+  if args.steps_per_epoch < 0:
+    parser.error(f'--steps_per_epoch={args.steps_per_epoch} must be >= 0 (0 = derived).')
+  try:
+    batch_sizes = [int(b) for b in args.batch_sizes.split(',')]
+  except ValueError:
+    parser.error(f'--batch_sizes={args.batch_sizes!r}: expected comma-separated integers.')
+  models_ = [m for m in args.models.split(',') if m]
+  try:
+    entries = [parse_entry(e) for e in args.methods.split(',') if e]
+    for model in models_:
+      for batch_size in batch_sizes:
+        for method, overrides in [('vanilla', {})] + entries:
+          config = _config(method, dict(overrides), model=model, batch_size=batch_size)
+          train.validate_config(config)
+  except (ValueError, KeyError, AttributeError) as e:
+    parser.error(str(e))
+  return entries, models_, batch_sizes
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """benchmarks/throughput.py: every method's step is timed next to its theoretical pass count."""
 
 import json
+import re
 
 import pytest
 
@@ -31,6 +32,50 @@ def test_bad_entries_are_rejected():
     throughput.parse_entry('advprob')
   with pytest.raises(ValueError, match='expected key=value'):
     throughput.parse_entry('advprop:advprop_attack')
+
+
+@pytest.mark.parametrize('argv, match', [
+    (['--methods=mixup:modle=1'], r"Unknown config key\(s\): 'modle'"),
+    (['--methods=advprop:advprop_eps=-1.0'], 'advprop_eps=-1.0 is out of range'),
+    (['--batch_sizes=128,abc'], r"--batch_sizes='128,abc': expected comma-separated integers"),
+    (['--steps=0'], r'--steps=0 must be >= 1'),
+    (['--models=resnet_tiny,resnet_tny'], r"Unknown model 'resnet_tny'"),
+])
+def test_bad_arguments_fail_before_anything_compiles(argv, match, monkeypatch, capsys):
+  # They failed inside measure_step, after vanilla and the earlier entries had compiled.
+  monkeypatch.setattr(throughput, 'measure_step', lambda *a, **k: pytest.fail('measured'))
+  with pytest.raises(SystemExit) as e:
+    throughput.main(argv)
+  assert e.value.code == 2
+  assert re.search(match, capsys.readouterr().err)
+
+
+def test_every_hook_is_timed_and_each_result_is_saved_at_once(tmp_path, monkeypatch):
+  # ANT's generator restart went untimed (its README cost left it out), and the JSON was only
+  # written after a whole table, so a stopped run lost its finished rows.
+  out = tmp_path / 'costs.json'
+  real_measure, calls = throughput.measure_step, []
+
+  def measure_then_stop(*args, **kwargs):
+    calls.append(kwargs['steps_per_epoch'])
+    if len(calls) == 3:
+      raise KeyboardInterrupt  # a lease that ends part-way
+    return real_measure(*args, **kwargs)
+
+  monkeypatch.setattr(throughput, 'measure_step', measure_then_stop)
+  with pytest.raises(KeyboardInterrupt):
+    throughput.main(['--methods=ant:ant_restart_every=4;ant_restart_steps=2;ant_restart_chunk=2,'
+                     'mixup', '--models=resnet_tiny', '--image_size=8', '--batch_sizes=16',
+                     '--steps=1', '--repeats=1', '--train_examples=320', '--num_devices=2',
+                     f'--out={out}'])
+  assert calls == [20, 20, 20]  # 320 // 16 steps per epoch
+  saved = json.loads(out.read_text())
+  assert [r['method'] for r in saved] == ['vanilla', 'ant']
+  (hook,) = saved[1]['hooks']
+  assert hook['name'] == 'ant_generator_restart' and hook['every_steps'] == 4
+  assert hook['seconds'] > 0 and saved[0]['hooks'] == []
+  costs = [throughput.StepCost(**{k: v for k, v in r.items() if k != 'backend'}) for r in saved]
+  assert 'ant: ant_generator_restart' in throughput.format_table(costs, steps_per_epoch=20)
 
 
 def test_compare_methods_script_plans_every_step(tmp_path):
