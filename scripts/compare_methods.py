@@ -188,12 +188,28 @@ def adversarial_noise_command(workdir: str) -> list[str]:
           f'--num_eval={FLAGS.attack_examples * 5}']
 
 
+def _check_overrides() -> None:
+  """Refuses a malformed or unknown ``--config_overrides`` item before anything is recorded or
+  run (a misspelt key failed the first training run after settings.json had recorded it)."""
+  from jaxrobust import config_keys  # pylint: disable=g-import-not-at-top
+  for item in FLAGS.config_overrides:
+    key, sep, _ = item.partition('=')
+    if not sep:
+      raise app.UsageError(f'--config_overrides item {item!r}: expected key=value.')
+    if key not in config_keys.known():
+      raise app.UsageError(f'--config_overrides item {item!r}: unknown config key {key!r}.')
+
+
 def main(argv):
   del argv
+  if not FLAGS.methods:
+    raise app.UsageError('--methods is empty; name at least one of '
+                         f'{list(METHODS) + list(PAPER_BASELINES)}.')
   unknown = [m for m in FLAGS.methods if m not in METHODS and m not in PAPER_BASELINES]
   if unknown:
     raise app.UsageError(f'Unknown method(s) {unknown}; allowed: '
                          f'{list(METHODS) + list(PAPER_BASELINES)}.')
+  _check_overrides()
   for name in ('out', 'runs'):
     if '://' in (FLAGS[name].value or ''):
       # Its logs, skip checks and table are local files; os.path.abspath would turn the URI
@@ -236,6 +252,8 @@ def main(argv):
         os.path.join(workdir, 'adversarial_noise.json')):
       commands.append(adversarial_noise_command(workdir))
       _run(commands[-1], log)
+  if FLAGS.subnets and not {'vanilla', 'ews'} <= set(FLAGS.methods):
+    logging.warning('--subnets compares vanilla with ews; both must be in --methods: skipped.')
   if FLAGS.subnets and {'vanilla', 'ews'} <= set(FLAGS.methods):
     subnets_out = os.path.join(out, 'subnets')
     if not os.path.exists(os.path.join(subnets_out, 'subnet_analysis.json')):
@@ -256,9 +274,12 @@ def main(argv):
             ''.join(f'; {m}: ' + ', '.join(f'{k}={v:.4g}' for k, v in o.items())
                     for m, o in CPU_BUDGET_METHOD.items() if m in FLAGS.methods)
             if FLAGS.budget == 'cpu' else 'each config\'s own recipe')
+  noise_images = (f' (eps* against adversarial noise on {5 * FLAGS.attack_examples})'
+                  if FLAGS.adversarial_noise else '')
   header = (f'# Method comparison ({datetime.date.today().isoformat()})\n\n'
             f'Dataset `{FLAGS.dataset}`; {budget}. Clean / corruption accuracy on '
-            f'{FLAGS.max_examples} test images, attacks and eps* on {FLAGS.attack_examples} '
+            f'{FLAGS.max_examples or "all the"} test images, attacks and eps* on '
+            f'{FLAGS.attack_examples}{noise_images} '
             f'(clean (10k): the whole test set at the end of training; "(10k)" corruption columns: '
             f'severity 3 on the whole test set). '
             f'Host: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs.\n\n'
@@ -267,8 +288,12 @@ def main(argv):
   comparison.write_plots(rows, out)
   if FLAGS.readme:
     comparison.embed_table(FLAGS.readme, table, name=os.path.basename(out))
-  with open(os.path.join(out, 'results.json'), 'w') as f:
-    json.dump({'rows': rows, 'commands': [' '.join(c) for c in commands]}, f, indent=1)
+  # Earlier invocations' commands too: a resumed comparison ran only the missing ones.
+  path = os.path.join(out, 'results.json')
+  earlier = json.load(open(path)).get('commands', []) if os.path.exists(path) else []
+  ran = earlier + [c for c in (' '.join(c) for c in commands) if c not in earlier]
+  with open(path, 'w') as f:
+    json.dump({'rows': rows, 'commands': ran}, f, indent=1)
   print(open(os.path.join(out, 'table.md')).read())
 
 

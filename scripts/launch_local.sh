@@ -22,6 +22,12 @@
 # process fails, the others are stopped and the script exits with the failing process's status.
 set -u
 
+# `wait -n -p` (which process ended) is bash 5.1's: older shells would spin or abort mid-run.
+if (( BASH_VERSINFO[0] < 5 || (BASH_VERSINFO[0] == 5 && BASH_VERSINFO[1] < 1) )); then
+  echo "$0 needs bash 5.1 or newer (this is ${BASH_VERSION}); on macOS: brew install bash" >&2
+  exit 2
+fi
+
 if [[ $# -lt 1 || ! "$1" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: $0 NUM_PROCESSES [python -m jaxrobust.main arguments...]" >&2
   echo "  e.g. $0 2 --config=configs/quickstart.py --workdir=/tmp/qs2" >&2

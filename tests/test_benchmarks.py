@@ -116,6 +116,16 @@ def test_compare_methods_script_plans_every_step(tmp_path):
                         f'--out={tmp_path}'], cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
   assert bad.returncode != 0 and "Unknown method(s) ['vanila']" in bad.stderr
+  # A misspelt override is refused before settings.json records it (the corrected command was
+  # then refused as "other flags"), and so is an empty method list (it crashed at the plots).
+  for flags_, message in ((['--methods=vanilla', '--config_overrides=modle=resnet8'],
+                           "--config_overrides item 'modle=resnet8': unknown config key"),
+                          (['--methods='], '--methods is empty')):
+    refused = subprocess.run([sys.executable, 'scripts/compare_methods.py', *flags_,
+                              f'--out={tmp_path / "refused"}'], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+  assert not (tmp_path / 'refused' / 'runs' / 'settings.json').exists()
   # a paper's own vanilla baseline, on that paper's recipe
   paper = subprocess.run(
       [sys.executable, 'scripts/compare_methods.py', '--dry_run', '--budget=config',

@@ -396,3 +396,20 @@ def test_an_unlabeled_eval_split_raises(tmp_path):
   with pytest.raises(ValueError, match=r"split 'test' has unlabeled examples \(label -1\); "
                                        r"evaluate on a labeled split with config\.eval_split"):
     list(data.eval_iterator(info, global_batch_size=4, source=source))
+
+
+def test_tf_holding_gpus_already_is_said_once(monkeypatch, caplog):
+  # A notebook that used TensorFlow first: TF can no longer hide its GPUs, and it was silent
+  # about it while it might hold the memory JAX needs.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  def too_late(*args):
+    raise RuntimeError('Visible devices cannot be modified after being initialized')
+
+  monkeypatch.setattr(tf.config, 'set_visible_devices', too_late)
+  monkeypatch.setattr(tf.config, 'list_logical_devices', lambda kind=None: ['/GPU:0'])
+  monkeypatch.setattr(data, '_warned_tf_gpus', [])
+  with caplog.at_level('WARNING'):
+    data._tf()
+    data._tf()
+  assert caplog.text.count('TensorFlow had already set up its GPUs') == 1

@@ -26,6 +26,7 @@ import os
 from typing import Iterator, Optional
 
 import numpy as np
+from absl import logging
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,9 +47,17 @@ def _tf():
   # TF must not grab accelerator memory that JAX needs.
   try:
     tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:
-    pass
+  except RuntimeError:  # TF set up its GPUs already (e.g. a notebook that used TF first)
+    if tf.config.list_logical_devices('GPU') and not _warned_tf_gpus:
+      _warned_tf_gpus.append(True)
+      logging.warning('TensorFlow had already set up its GPUs before jaxrobust could hide them, '
+                      'so it may hold accelerator memory JAX needs. Restart the runtime and '
+                      'import jaxrobust before using TensorFlow, or set '
+                      'TF_FORCE_GPU_ALLOW_GROWTH=true.')
   return tf
+
+
+_warned_tf_gpus = []
 
 
 @dataclasses.dataclass(frozen=True)
