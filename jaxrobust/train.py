@@ -515,10 +515,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   log = MetricsLog(workdir)
   # multi-process runs agree on a stop every 10 steps, keeping the collective off most steps
   preemption = checkpointing.PreemptionHandler(sync_every_steps=10)
-  with contextlib.ExitStack() as cleanup:  # every callback runs, even if one before it fails
-    cleanup.callback(preemption.restore_handlers)  # last: a signal during the final commit
-    cleanup.callback(log.close)                    # only asks for a stop
-    cleanup.callback(ckpt.close)                   # waits for the last asynchronous save
+  # The callbacks run in reverse, each even if one before it fails: the checkpointer closes
+  # first (waiting for the last save) while a signal still only asks for a stop, then the log,
+  # then the signal handlers are restored.
+  with contextlib.ExitStack() as cleanup:
+    cleanup.callback(preemption.restore_handlers)
+    cleanup.callback(log.close)
+    cleanup.callback(ckpt.close)
     if 0 < start_step < total_steps and start_step % eval_every == 0 and _agreed(
         not log.has(start_step, 'eval')):
       # a stop that landed on an evaluation step saved before evaluating (its grace period is
