@@ -164,7 +164,11 @@ def test_ews_with_augmix_distils_the_subnet_on_every_view():
      r"Cutout square"),
 ])
 def test_bad_augmix_settings_fail_before_compiling(overrides, match):
-  config = tiny_config(**overrides)
+  config = tiny_config()
+  for key, value in overrides.items():  # untyped, as in a config built in a notebook
+    if key in config:
+      del config[key]
+    config[key] = value
   with pytest.raises(ValueError, match=match):
     methods.get(config.method)(config)
 

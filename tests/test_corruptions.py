@@ -485,12 +485,15 @@ def test_224px_uses_imagenet_table():
   assert len(np.unique(pixelated[0].reshape(224, -1), axis=0)) <= 56
 
 
-def test_glass_blur_keeps_a_sharded_batch_on_its_devices():
+@pytest.mark.parametrize('size', [32, 224])
+def test_glass_blur_keeps_a_sharded_batch_on_its_devices(size):
   # Its pixel shuffle gathered with a batch index made XLA all-reduce the whole batch on every
-  # device; a per-image gather needs no collective and gives the same images.
+  # device; a per-image gather needs no collective and gives the same images. At 224 px
+  # (ImageNet's d >= 2) the chain resolution must not add one either (a while-loop's "anything
+  # left to resolve?" test did, on every shuffle).
   from jaxrobust import parallel  # pylint: disable=g-import-not-at-top
   mesh = parallel.make_mesh(jax.devices()[:4])
-  x = np.random.default_rng(0).uniform(size=(8, 32, 32, 3)).astype(np.float32)
+  x = np.random.default_rng(0).uniform(size=(8, size, size, 3)).astype(np.float32)
   corrupt = jax.jit(lambda im, rng: corruptions.corrupt(im, name='glass_blur', severity=3,
                                                         rng=rng))
   sharded = parallel.shard_batch(x, mesh)
