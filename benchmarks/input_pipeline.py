@@ -89,14 +89,16 @@ def main(argv=None):
                       help="'synthetic' or a config's dataset string (digits, folder:PATH, TFDS name)")
   parser.add_argument('--image_size', type=int, default=0,
                       help="0: 32 for 'synthetic', else the dataset's own (as a run picks it)")
-  parser.add_argument('--augment', default='auto',
-                      help=f"auto (synthetic: cifar; else the dataset's own) or one of "
-                           f'{data.AUGMENTATIONS}')
+  parser.add_argument('--augment', default='auto', choices=('auto',) + data.AUGMENTATIONS,
+                      help="auto: synthetic gets cifar, a dataset its own")
   parser.add_argument('--num_examples', type=int, default=50_000, help='synthetic set size')
   parser.add_argument('--batch_size', type=int, default=128)
   parser.add_argument('--batches', type=int, default=200)
   parser.add_argument('--repeats', type=int, default=3)
   args = parser.parse_args(argv)
+  for name in ('num_examples', 'batch_size', 'batches', 'repeats'):
+    if getattr(args, name) < 1:
+      parser.error(f'--{name}={getattr(args, name)} must be >= 1.')
   if args.dataset == 'synthetic':
     info, source = synthetic(args.num_examples, args.image_size or 32,
                              'cifar' if args.augment == 'auto' else args.augment)

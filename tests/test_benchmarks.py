@@ -149,6 +149,11 @@ def test_input_pipeline_counts_the_images_it_delivers(capsys):
   rate = input_pipeline.main(['--dataset=digits',
                               '--batch_size=32', '--batches=2', '--repeats=1'])
   assert rate > 0 and 'digits: (8, 8, 1) images, augment=none, batch 32' in capsys.readouterr().out
+  for argv, message in ((['--augment=bogus'], "invalid choice: 'bogus'"),
+                        (['--batches=0'], '--batches=0 must be >= 1')):
+    with pytest.raises(SystemExit):   # a usage error, not a traceback from inside the pipeline
+      input_pipeline.main(argv)
+    assert message in capsys.readouterr().err
 
 
 def test_compare_methods_keeps_cpu_settings_to_the_cpu_budget_and_refuses_uris(tmp_path):
