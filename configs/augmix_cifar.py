@@ -20,12 +20,7 @@ On the local CIFAR-10 copy with the CPU-sized recipe:
 from configs import default, ews_cifar
 
 
-def add_augmix_keys(c, *, severity: int = 5):
-  """AugMix switched on with its hyper-parameters (:func:`configs.default.add_augmix_keys`)."""
-  return default.add_augmix_keys(c, enabled=True, severity=severity)
-
-
 def get_config():
   c = ews_cifar.recipe(default.get_config())  # ResNet-50, 400 epochs, step schedule
   c.method = 'vanilla'
-  return add_augmix_keys(c)
+  return default.add_augmix_keys(c)

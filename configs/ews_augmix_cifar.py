@@ -15,8 +15,8 @@ On the local CIFAR-10 copy with the CPU-sized recipe:
       --config.ews_search_every_epochs=1.0 --config.nesterov=False
 """
 
-from configs import augmix_cifar, ews_cifar
+from configs import default, ews_cifar
 
 
 def get_config():
-  return augmix_cifar.add_augmix_keys(ews_cifar.get_config())
+  return default.add_augmix_keys(ews_cifar.get_config())

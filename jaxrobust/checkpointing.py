@@ -272,8 +272,8 @@ class Checkpointer:
         why = ('This looks like a problem of the machine or the storage (memory, network, '
                'permissions), not a damaged checkpoint' if _machine_or_storage_trouble(e) else
                'This is not an error that damaged checkpoint files give (truncated, missing or '
-               'undecodable files); if the checkpoint is damaged all the same, move it out of '
-               f'{self.directory} and run again to resume from an older one')
+               'undecodable files); if the checkpoint is damaged all the same, move it to '
+               f'{self.unreadable_directory}/{step} and run again to resume from an older one')
       if _any_process(kept):
         detail = f'{error}. {why}' if kept else 'failed on another process (see its log)'
         raise RuntimeError(f'Could not read checkpoint {self.directory}/{step}: {detail}. It was '
@@ -334,12 +334,14 @@ def load_arrays(workdir, step: Optional[int] = None) -> tuple[dict, int]:
 class PreemptionHandler:
   """Turns SIGTERM/SIGINT/SIGHUP into a request to save and stop at the next step boundary.
 
-  SIGHUP is what a run in the foreground of a dropped SSH session (e.g. ``gcloud ... ssh
-  --worker=all --command=...``) receives; where it is ignored already (``nohup``), it stays
-  ignored, so such a run goes on.
+  SIGHUP is what a run in the foreground of an interactive terminal receives when it closes (a
+  dropped SSH login); where it is ignored already (``nohup``), it stays ignored, so such a run
+  goes on. (A command run over SSH without a terminal, e.g. ``gcloud ... ssh --command=...``, may
+  get no signal at all when the connection drops, only a closed output: run it under ``nohup``
+  with a log file.)
 
   A second signal while a stop is pending gives up on the clean stop: the previous handlers
-  are restored and SIGINT raises ``KeyboardInterrupt``, SIGTERM is re-delivered.
+  are restored and SIGINT raises ``KeyboardInterrupt``, SIGTERM or SIGHUP is re-delivered.
 
   In a multi-process run the processes agree (an all-gather) on whether any of them was
   signalled; to keep that collective off the per-step path it runs only every

@@ -26,6 +26,7 @@ The CPU-sized default is the shared budget of the README (ResNet-8-wide, 5 epoch
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ from absl import app, flags, logging
 if __package__ in (None, ''):  # run as a script: make the repository importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from jaxrobust import files  # noqa: E402
 from jaxrobust.evaluation import comparison  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,15 +191,20 @@ def adversarial_noise_command(workdir: str) -> list[str]:
 
 
 def _check_overrides() -> None:
-  """Refuses a malformed or unknown ``--config_overrides`` item before anything is recorded or
-  run (a misspelt key failed the first training run after settings.json had recorded it)."""
-  from jaxrobust import config_keys  # pylint: disable=g-import-not-at-top
+  """Refuses a malformed ``--config_overrides`` item, or one a selected method's config file
+  lacks (the command line refuses those), before anything is recorded or run: such a key failed
+  the first training run after settings.json had recorded it."""
+  configs = {m: importlib.import_module(
+      'configs.' + os.path.splitext(os.path.basename({**METHODS, **PAPER_BASELINES}[m]))[0]
+  ).get_config() for m in FLAGS.methods}
   for item in FLAGS.config_overrides:
     key, sep, _ = item.partition('=')
     if not sep:
       raise app.UsageError(f'--config_overrides item {item!r}: expected key=value.')
-    if key not in config_keys.known():
-      raise app.UsageError(f'--config_overrides item {item!r}: unknown config key {key!r}.')
+    lacking = [m for m, config in configs.items() if key not in config]
+    if lacking:
+      raise app.UsageError(f'--config_overrides item {item!r}: the config of {lacking} has no '
+                           f'key {key!r}, so its training command would be refused.')
 
 
 def main(argv):
@@ -290,10 +297,13 @@ def main(argv):
     comparison.embed_table(FLAGS.readme, table, name=os.path.basename(out))
   # Earlier invocations' commands too: a resumed comparison ran only the missing ones.
   path = os.path.join(out, 'results.json')
-  earlier = json.load(open(path)).get('commands', []) if os.path.exists(path) else []
+  try:
+    with open(path) as f:
+      earlier = json.load(f).get('commands', [])
+  except (OSError, ValueError):  # none yet, or cut short by a kill
+    earlier = []
   ran = earlier + [c for c in (' '.join(c) for c in commands) if c not in earlier]
-  with open(path, 'w') as f:
-    json.dump({'rows': rows, 'commands': ran}, f, indent=1)
+  files.write_text_atomic(path, json.dumps({'rows': rows, 'commands': ran}, indent=1))
   print(open(os.path.join(out, 'table.md')).read())
 
 

@@ -119,7 +119,10 @@ def test_compare_methods_script_plans_every_step(tmp_path):
   # A misspelt override is refused before settings.json records it (the corrected command was
   # then refused as "other flags"), and so is an empty method list (it crashed at the plots).
   for flags_, message in ((['--methods=vanilla', '--config_overrides=modle=resnet8'],
-                           "--config_overrides item 'modle=resnet8': unknown config key"),
+                           "--config_overrides item 'modle=resnet8': the config of ['vanilla'] "
+                           "has no key 'modle'"),
+                          (['--methods=vanilla,pgd_at', '--config_overrides=augmix=True'],
+                           "the config of ['pgd_at'] has no key 'augmix'"),
                           (['--methods='], '--methods is empty')):
     refused = subprocess.run([sys.executable, 'scripts/compare_methods.py', *flags_,
                               f'--out={tmp_path / "refused"}'], cwd=ROOT, capture_output=True,

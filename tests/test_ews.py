@@ -305,10 +305,10 @@ def test_subnets_under_batch_statistics_do_not_depend_on_the_device_count():
   np.testing.assert_allclose(results[0]['confidence'], results[1]['confidence'], rtol=1e-4)
   assert results[0]['full_batch_accuracy'] == results[1]['full_batch_accuracy']
   # and the batch size divides the examples asked for: none is skipped as padding
-  assert subnet_analysis.unpadded_batch_size(512, 1000, 8) == 200
-  assert subnet_analysis.unpadded_batch_size(512, 500, 1) == 500
-  assert subnet_analysis.unpadded_batch_size(64, 1001, 8) == 40
-  assert subnet_analysis.unpadded_batch_size(512, 4, 8) == 8
+  # (limit, examples, devices) -> size: 1,000 in batches of 512 had evaluated only 512
+  for args, size in [((512, 1000, 8), 496), ((512, 1000, 1), 500), ((512, 500, 1), 500),
+                     ((64, 1000, 1), 50), ((512, 1016, 8), 504), ((512, 4, 8), 8)]:
+    assert subnet_analysis.unpadded_batch_size(*args) == size, (args, size)
 
 
 def test_subnet_measurements_run_without_dropout():

@@ -17,7 +17,8 @@ the batch statistics of its own activations (as EWS trains subnets; the full net
 statistics do not describe a subnet's activations), taken over the whole evaluation batch across
 devices, so results do not depend on the device count. Use large evaluation batches (e.g. 500),
 and note that in this mode a padded final batch is skipped (its padding would enter the
-statistics); :func:`analyse_run` picks a batch size that divides the examples asked for.
+statistics); :func:`analyse_run` picks the batch size near the configured one whose full
+batches cover the most of the examples asked for (:func:`unpadded_batch_size`).
 ``bn='running'`` uses the ``'main'`` running statistics. The full network is evaluated with its
 running statistics (as deployed, the stars of the figure) and, under ``bn='batch'``, also with
 the batch statistics the subnets use (``full_batch_accuracy``): on corrupted images batch
@@ -97,13 +98,18 @@ def corruption_perturbation(name: str, severity: int) -> Perturbation:
 
 
 def unpadded_batch_size(limit: int, num_examples: int, devices: int) -> int:
-  """The largest multiple of ``devices`` up to ``limit`` that divides ``num_examples`` rounded
-  down to a multiple of ``devices`` (``devices`` itself at worst)."""
+  """A batch size for ``bn='batch'``: a multiple of ``devices`` between half of ``limit`` and
+  ``limit`` whose full batches cover the most of ``num_examples`` (the larger on a tie).
+
+  Padded batches are skipped under batch statistics, and the statistics want large batches:
+  1,000 examples in batches of 512 evaluated only 512; here batches of 496 evaluate 992, and a
+  count with a divisor in range (e.g. 500 for 1,000 on 1 device) evaluates every example.
+  """
+  limit = max(devices, limit // devices * devices)
   examples = max(devices, num_examples // devices * devices)
-  size = max(devices, min(limit, examples) // devices * devices)
-  while examples % size:
-    size -= devices
-  return size
+  top = min(limit, examples)
+  lowest = max(devices, top // 2 // devices * devices)
+  return max(range(top, lowest - 1, -devices), key=lambda b: (examples // b * b, b))
 
 
 def true_class_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
