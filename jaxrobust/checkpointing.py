@@ -176,8 +176,6 @@ def _damaged_files(error: Exception) -> bool:
   """Whether a restore error is one that damaged checkpoint files give. Any other error (an I/O
   error, a library's TypeError) leaves the checkpoint in place: setting readable steps aside on
   a guess would restart training from step 0."""
-  if _machine_or_storage_trouble(error):
-    return False
   if isinstance(error, _DAMAGE_TYPES):
     return True
   if isinstance(error, KeyError) and 'was not found in the checkpoint' in str(error):
@@ -268,9 +266,10 @@ class Checkpointer:
         state = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
       except Exception as e:  # pylint: disable=broad-except
         error = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0][:300]}'
-        kept = not _damaged_files(e)
+        trouble = _machine_or_storage_trouble(e)
+        kept = trouble or not _damaged_files(e)
         why = ('This looks like a problem of the machine or the storage (memory, network, '
-               'permissions), not a damaged checkpoint' if _machine_or_storage_trouble(e) else
+               'permissions), not a damaged checkpoint' if trouble else
                'This is not an error that damaged checkpoint files give (truncated, missing or '
                'undecodable files); if the checkpoint is damaged all the same, move it to '
                f'{self.unreadable_directory}/{step} and run again to resume from an older one')

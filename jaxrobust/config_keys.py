@@ -81,9 +81,9 @@ def check(config) -> None:
   bad = unknown(config)
   if not bad:
     return
-  hints = []
+  hints, valid = [], known()
   for key in bad:
-    close = difflib.get_close_matches(key, known(), n=1)
+    close = difflib.get_close_matches(key, valid, n=1)
     hints.append(f'{key!r}' + (f' (did you mean {close[0]!r}?)' if close else ''))
   raise ValueError(f'Unknown config key(s): {", ".join(hints)}. Nothing reads them, so the run '
                    f'would use the defaults they were meant to change; the valid keys are '

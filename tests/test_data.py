@@ -408,7 +408,6 @@ def test_tf_holding_gpus_already_is_said_once(monkeypatch, caplog):
 
   monkeypatch.setattr(tf.config, 'set_visible_devices', too_late)
   monkeypatch.setattr(tf.config, 'list_logical_devices', lambda kind=None: ['/GPU:0'])
-  monkeypatch.setattr(data, '_warned_tf_gpus', [])
   with caplog.at_level('WARNING'):
     data._tf()
     data._tf()

@@ -48,16 +48,12 @@ def _tf():
   try:
     tf.config.set_visible_devices([], 'GPU')
   except RuntimeError:  # TF set up its GPUs already (e.g. a notebook that used TF first)
-    if tf.config.list_logical_devices('GPU') and not _warned_tf_gpus:
-      _warned_tf_gpus.append(True)
-      logging.warning('TensorFlow had already set up its GPUs before jaxrobust could hide them, '
-                      'so it may hold accelerator memory JAX needs. Restart the runtime and '
-                      'import jaxrobust before using TensorFlow, or set '
-                      'TF_FORCE_GPU_ALLOW_GROWTH=true.')
+    if tf.config.list_logical_devices('GPU'):
+      logging.log_first_n(logging.WARNING, 'TensorFlow had already set up its GPUs before '
+                          'jaxrobust could hide them, so it may hold accelerator memory JAX '
+                          'needs. Restart the runtime and import jaxrobust before using '
+                          'TensorFlow, or set TF_FORCE_GPU_ALLOW_GROWTH=true.', 1)
   return tf
-
-
-_warned_tf_gpus = []
 
 
 @dataclasses.dataclass(frozen=True)
