@@ -12,7 +12,7 @@ favour weaker attackers (AdvProp, Table 2), hence PGD-1 for this and smaller net
 CIFAR-10 (``--config.dataset=cifar10``) uses the same recipe. The CPU-sized comparison on the local
 CIFAR-10 copy:
 
-    python -m jaxrobust.main --config=configs/advprop_cifar.py --workdir=../runs/advprop_small \
+    python -m jaxrobust.main --config=configs/advprop_cifar.py --workdir=/tmp/advprop_small \
       --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
       --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2
 """

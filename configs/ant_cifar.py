@@ -13,8 +13,8 @@ appendices the supplied text lacks, so these are our CIFAR-scale choices:
   so eps is the L2 norm that clipped Gaussian noise of the CIFAR analogue of its best sigma has:
   sigma = 0.5 x 0.36 = 0.18 (0.36 = CIFAR-10-C / ImageNet-C Gaussian severities), measured
   ||clip(x + 0.18 z) - x||_2 = 9.2 on CIFAR-10 training images (``ant.default_eps``). The
-  sqrt(pixels) rule applied to ImageNet's 135 (configs/ant_imagenet.py) gives 19.3 (sigma = 0.5
-  per pixel, ``--config.ant_eps=19.3``).
+  sqrt(pixels) rule applied to our ImageNet radius, 135 (sigma = 0.5's equivalent,
+  configs/ant_imagenet.py), gives 19.3 (``--config.ant_eps=19.3``).
 * Adam, learning rate 1e-2, one generator step per classifier step: on a trained model a fresh
   generator converges in ~50 steps at 1e-2 (~150 at 1e-3), which lets it track the classifier and
   lets a 100-step restart reach a current optimum.

@@ -131,10 +131,11 @@ def imagenet_finetuning_recipe(c: ml_collections.ConfigDict) -> ml_collections.C
 
 def imagenet_resnet_recipe(c: ml_collections.ConfigDict,
                            model: str = 'resnet50') -> ml_collections.ConfigDict:
-  """He et al. (2016)'s ImageNet ResNet schedule.
+  """The standard 90-epoch ImageNet ResNet schedule (torchvision's reference recipe).
 
   SGD (momentum 0.9, weight decay 1e-4), batch 256, learning rate 0.1 divided by 10 at epochs
-  30 and 60 of 90, inception crop + flip.
+  30 and 60 of 90, inception crop + flip. He et al. (2016) use the same optimiser and rate but
+  divide it when the error plateaus (about 120 epochs) and augment by scale.
   """
   c.dataset = 'imagenet2012'
   c.image_size = 224

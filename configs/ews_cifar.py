@@ -41,8 +41,9 @@ def add_ews_keys(c, *, lam: float = 1.0):
   c.ews_search_step_size = ml_collections.FieldReference(None, field_type=float)  # None = preset
   c.ews_search_num_steps = ml_collections.FieldReference(None, field_type=int)    # None = preset
   c.ews_search_craft_bn = 'batch'
-  # Controller (supplementary A: LSTM with hidden size 100, 100-d embeddings). The paper gives
-  # no optimiser settings; Adam, an entropy bonus and a moving-average baseline as in ENAS.
+  # Controller: 100-d embeddings (supplementary A); LSTM hidden size 100 as ENAS (the paper does
+  # not state it). The paper gives no optimiser settings; Adam, an entropy bonus and a
+  # moving-average baseline as in ENAS.
   # lr 1e-2 (ENAS: 3.5e-4 over many more steps): on digits/ResNet-8, 44-66 controller steps
   # (2-3 searches) make its subnets clearly weaker than random ones; 1e-3 barely moves it.
   c.ews_controller_hidden = 100

@@ -9,7 +9,7 @@ lambda ~ Beta(1, 1) once per batch. Table 1: PreAct-18 75.68 vanilla, 77.54 Mixu
 
 The CPU-sized comparison on the local CIFAR-10 copy:
 
-    python -m jaxrobust.main --config=configs/mixprop_cifar100.py --workdir=../runs/mixprop_small \
+    python -m jaxrobust.main --config=configs/mixprop_cifar100.py --workdir=/tmp/mixprop_small \
       --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
       --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2
 """

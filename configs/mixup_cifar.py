@@ -10,7 +10,7 @@ ResNet-18, SGD momentum 0.9, weight decay 5e-4, batch 128, learning rate 0.1 / 1
 
 The CPU-sized comparison on the local CIFAR-10 copy:
 
-    python -m jaxrobust.main --config=configs/mixup_cifar.py --workdir=../runs/mixup_small \
+    python -m jaxrobust.main --config=configs/mixup_cifar.py --workdir=/tmp/mixup_small \
       --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
       --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2
 """

@@ -16,7 +16,7 @@ no weight gradients), so this run trains with ONE attack step of
 size 10/255 from a uniform random start (FGSM-RS, Wong et al. 2020 "Fast is better than free":
 step 1.25 eps with the cyclic schedule used here); it is still evaluated with PGD-10/PGD-20:
 
-    python -m jaxrobust.main --config=configs/pgd_at_cifar.py --workdir=../runs/pgd_at_small \
+    python -m jaxrobust.main --config=configs/pgd_at_cifar.py --workdir=/tmp/pgd_at_small \
       --config.dataset=folder:../shared/data/cifar10 --config.model=resnet8_wide \
       --config.num_epochs=5 --config.lr_schedule=onecycle --config.learning_rate=0.2 \
       --config.pgd_at_num_steps=1 --config.pgd_at_step_size=0.0392156862745098

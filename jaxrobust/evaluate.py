@@ -28,6 +28,10 @@ flags.DEFINE_list('severities', ['1', '2', '3', '4', '5'], 'Corruption severitie
 flags.DEFINE_string('baseline_errors', None, 'JSON of a baseline run\'s corruption errors (mCE).')
 flags.DEFINE_integer('apgd_steps', 100, 'APGD iterations.')
 flags.DEFINE_integer('apgd_targets', 3, 'APGD-T target classes (AutoAttack uses 9).')
+flags.DEFINE_string('corrupted_dataset', None,
+                    'TFDS set of the tfds_corruptions suite: cifar10_corrupted or '
+                    "imagenet2012_corrupted (default: the run's dataset's own; needed for a run "
+                    'trained on a folder copy).')
 flags.mark_flags_as_required(['workdir'])
 
 
@@ -50,7 +54,8 @@ def main(argv):
                                attack_examples=FLAGS.attack_examples, corruption_names=names,
                                corruption_severities=severities,
                                baseline_errors=FLAGS.baseline_errors, apgd_steps=FLAGS.apgd_steps,
-                               apgd_targets=FLAGS.apgd_targets)
+                               apgd_targets=FLAGS.apgd_targets,
+                               corrupted=FLAGS.corrupted_dataset)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)

@@ -4,6 +4,7 @@
     python -m jaxrobust.main --config=configs/vanilla_cifar.py --workdir=... --config.num_epochs=1
 """
 
+import os
 import sys
 
 import jax
@@ -73,8 +74,33 @@ def main(argv):
   logging.info('Done: %s', results)
 
 
+def _config_file(argv) -> str | None:
+  """The ``--config`` file of the command line (the last one given, as absl takes it)."""
+  path = None
+  for i, arg in enumerate(argv[1:], 1):
+    if arg.startswith('--config='):
+      path = arg[len('--config='):]
+    elif arg == '--config' and i + 1 < len(argv):
+      path = argv[i + 1]
+  if path and not os.path.isfile(path) and os.path.isfile(path.rpartition(':')[0]):
+    path = path.rpartition(':')[0]  # ml_collections' "file.py:argument" form
+  return path
+
+
 def _parse_flags(argv):
-  """absl's flag parsing, plus a clean message for a ``--config.<key>`` that does not exist."""
+  """absl's flag parsing, plus clean messages for a missing ``--config`` file and for a
+  ``--config.<key>`` that does not exist."""
+  path = _config_file(argv)
+  if path is not None:
+    if not os.path.isfile(path):
+      print(f'error: config file {path!r} not found (a relative path starts at the current '
+            'directory); the configs are in the repository\'s configs/.', file=sys.stderr)
+      sys.exit(2)
+    package = os.path.dirname(os.path.abspath(path))
+    if os.path.isfile(os.path.join(package, '__init__.py')):
+      # Config files import their package (``from configs import default``): make it
+      # importable when the command runs outside the repository root.
+      sys.path.insert(0, os.path.dirname(package))
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:  # ml_collections: override of an unknown config key

@@ -117,7 +117,15 @@ def test_passes_and_their_bn_domains(monkeypatch):
   chex.assert_trees_all_close(stats['main'], main_expected, rtol=1e-6)
 
 
-def test_running_mode_crafting_uses_aux_running_statistics():
+def test_running_mode_crafting_uses_aux_running_statistics(monkeypatch):
+  calls = []
+  real = at.apply_model
+
+  def craft_spy(model, params, batch_stats, x, *, train, domain='main', **kw):
+    calls.append((domain, train))
+    return real(model, params, batch_stats, x, train=train, domain=domain, **kw)
+
+  monkeypatch.setattr(at, 'apply_model', craft_spy)
   config, mesh, m, model, state = _setup(advprop_attack='advprop_pgd1', advprop_craft_bn='running')
   host = parallel.to_host(state)
   batch = random_batch()
@@ -129,9 +137,12 @@ def test_running_mode_crafting_uses_aux_running_statistics():
                                    domain='aux')
   np.testing.assert_allclose(fn_running(x), expected, rtol=1e-6)
   assert not np.allclose(fn_batch(x), expected)
+  calls.clear()
   x_adv = jax.jit(lambda key: m.domain_batches(host.params, host.batch_stats, x, batch['label'],
                                                key)[1][1])(jax.random.key(0))
   assert np.abs(np.asarray(x_adv) - batch['image']).max() <= 1 / 255 + 1e-6
+  # The step's crafting reaches the aux BN in inference mode (its running statistics).
+  assert calls and all(c == ('aux', False) for c in calls), calls
 
 
 @pytest.mark.parametrize('preset', ['advprop_pgd5', 'advprop_ifgsm5', 'advprop_gd5'])

@@ -227,6 +227,26 @@ def test_batch_statistics_generator_steps_change_no_classifier_parameter_or_stat
   assert ces.shape == (3,) and np.all(np.isfinite(np.asarray(ces)))
 
 
+@pytest.mark.parametrize('generator_bn', ant.GENERATOR_BN)
+def test_the_generator_attacks_the_classifier_in_its_configured_bn_mode(generator_bn):
+  """The cross-entropy the generator ascends is the classifier's with running statistics
+  (default, the deployed model) or with the noisy batch's own statistics ('batch')."""
+  _, mesh, m, model, state = _setup(ant_generator_bn=generator_bn)
+  host, batch, rng = parallel.to_host(state), _batch(0, size=8), jax.random.PRNGKey(5)
+  ce_of_update = parallel.spmd(
+      lambda s, b, r: m.generator_update(s.extras['gen'], s.extras['gen_opt'], s.params,
+                                         s.batch_stats, b['image'], b['label'], r)[2],
+      mesh, in_specs=(P(), P(parallel.AXIS), P()), out_specs=P())
+  ce = float(ce_of_update(state, parallel.shard_batch(batch, mesh), rng))
+  x_noisy = ant.generate_noise(host.extras['gen'], jax.random.split(rng)[0],
+                               jnp.asarray(batch['image']), EPS, generator=m.generator)
+  expected = {bn: float(common.cross_entropy(models.apply_model(
+      model, host.params, host.batch_stats, x_noisy, train=bn == 'batch', update_stats=False)[0],
+      jnp.asarray(batch['label']))) for bn in ant.GENERATOR_BN}
+  assert abs(expected['running'] - expected['batch']) > 1e-3   # the two modes differ here
+  assert ce == pytest.approx(expected[generator_bn], rel=1e-5)
+
+
 def test_restart_hook_trains_a_fresh_generator_against_the_frozen_classifier(shared):
   m, mesh, host, model = shared.m, shared.mesh, shared.host, shared.model
   logits_fn = lambda x: models.apply_model(model, host.params, host.batch_stats, x,
@@ -306,13 +326,24 @@ def test_configs_load_and_validate(name, kind):
   assert c.ant_generator == kind
   assert m.generator.kernel_3x3_layer == (1 if kind == '3x3' else None)
   assert (c.ant_clean_fraction, c.ant_current_fraction, c.ant_replay_fraction) == (0.5, 0.3, 0.2)
-  if name != 'ant_imagenet':   # the CIFAR eps is the default sqrt(pixels) rule at 32x32x3
-    assert abs(c.ant_eps - ant.default_eps((32, 32, 3))) < 0.05
+  # Each config's radius is the default rule at its image size (sigma 0.18 / 0.5 equivalents).
+  shape = (224, 224, 3) if name == 'ant_imagenet' else (32, 32, 3)
+  assert abs(c.ant_eps - ant.default_eps(shape)) < 1.0
 
 
-def test_digits_end_to_end_from_a_vanilla_checkpoint_then_adversarial_eps_star(tmp_path):
+def test_default_eps_follows_the_corruption_tables_size_rule():
+  """CIFAR-sized images (largest side <= 64) get the sigma 0.18 radius, larger ones sigma 0.5's."""
+  assert ant.default_eps((32, 32, 3)) == pytest.approx(0.166 * np.sqrt(3072))
+  assert ant.default_eps((64, 48, 3)) == pytest.approx(0.166 * np.sqrt(64 * 48 * 3))
+  assert ant.default_eps((65, 65, 3)) == pytest.approx(0.35 * np.sqrt(65 * 65 * 3))
+  assert ant.default_eps((224, 224, 3)) == pytest.approx(135.8, abs=0.05)
+
+
+def test_digits_end_to_end_from_a_vanilla_checkpoint_then_adversarial_eps_star(tmp_path,
+                                                                              monkeypatch):
   """ANT fine-tuned from a vanilla checkpoint on digits (replay, restarts, checkpointed buffer),
-  then the adversarial-noise eps* of the finished run from its workdir."""
+  then the adversarial-noise eps* of the finished run from its workdir (two generators, each on
+  its own training-batch order, as the paper's generators with different seeds)."""
   vanilla_dir, ant_dir = str(tmp_path / 'vanilla'), str(tmp_path / 'ant')
   config = tiny_config(method='vanilla')
   info, method, model, tx, mesh, _ = train.build(config)
@@ -332,10 +363,17 @@ def test_digits_end_to_end_from_a_vanilla_checkpoint_then_adversarial_eps_star(t
   assert int(saved['extras']['replay_count']) == steps // 3      # the buffer is checkpointed
   chex.assert_trees_all_equal(saved['extras']['replay'], parallel.to_host(state.extras['replay']))
 
+  orders = []
+  train_iterator = data_lib.train_iterator
+  monkeypatch.setattr(data_lib, 'train_iterator',
+                      lambda *a, **kw: orders.append(kw['seed']) or train_iterator(*a, **kw))
   result = adversarial_noise.evaluate_run(ant_dir, eps=1.0, steps=2, batch_size=64, num_eval=64,
-                                          num_coarse=4, num_bisect=3, gaussian=False)
+                                          num_coarse=4, num_bisect=3, gaussian=False, seed=5,
+                                          num_generators=2)
+  assert orders == [6, 7]
   assert os.path.exists(os.path.join(ant_dir, 'adversarial_noise.json'))
-  assert result['method'] == 'ant' and result['per_generator'][0]['num_images'] == 64
+  assert result['method'] == 'ant' and len(result['per_generator']) == 2
+  assert result['per_generator'][0]['num_images'] == 64
   assert result['eps_star'] >= 0 and 'gaussian' not in result
 
 

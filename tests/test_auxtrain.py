@@ -302,6 +302,7 @@ def test_adversarial_variant_trains_primary_on_pgd_examples(base):
   chex.assert_trees_all_close(parallel.to_host(state.batch_stats[MAIN]), adv_stats[MAIN],
                               rtol=1e-4, atol=1e-5)
   assert np.isfinite(float(metrics['loss']))
+  assert 'adv_accuracy' in metrics and 'accuracy' not in metrics  # named as PGD-AT names it
 
 
 def test_adversarial_variant_crafts_through_dropout(base):

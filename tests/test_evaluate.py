@@ -103,13 +103,32 @@ def test_official_corruption_sets_through_the_same_path(trained, tmp_path):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   run = runner.load_run(trained)
   with tfds.testing.mock_data(num_examples=20):
-    res = runner.tfds_corruption_suite(run, names=['fog'], severities=(1, 2))
+    res = runner.tfds_corruption_suite(run, names=['fog'], severities=(1, 2),
+                                       dataset='cifar10_corrupted')
     # TFDS spells two CIFAR-10-C configs its own way (frosted_glass_blur_1, elastic_1)
     renamed = runner.tfds_corruption_suite(run, names=['glass_blur', 'elastic_transform'],
-                                           severities=(1,), max_examples=8)
+                                           severities=(1,), max_examples=8,
+                                           dataset='cifar10_corrupted')
   assert set(res['errors']['fog']) == {1, 2}
   assert all(0.0 <= e <= 1.0 for e in res['errors']['fog'].values())
   assert set(renamed['errors']) == {'glass_blur', 'elastic_transform'}
+
+
+def test_the_official_set_is_the_runs_datasets_own_or_named(trained, tmp_path):
+  assert runner.corrupted_dataset('cifar10') == 'cifar10_corrupted'
+  assert runner.corrupted_dataset('imagenet2012:5.1.0') == 'imagenet2012_corrupted'
+  assert (runner.corrupted_dataset('folder:/data/cifar10', 'cifar10_corrupted') ==
+          'cifar10_corrupted')
+  for dataset, given, match in (('cifar100', None, 'official sets for cifar10, imagenet2012 only'),
+                                ('folder:/data/cifar10', None, '--corrupted_dataset'),
+                                ('cifar10', 'cifar100_corrupted', 'allowed cifar10_corrupted')):
+    with pytest.raises(ValueError, match=match):
+      runner.corrupted_dataset(dataset, given)
+  # A digits run: refused before any suite runs (no clean report is written first).
+  with pytest.raises(ValueError, match="this run trained on 'digits'"):
+    runner.run_suites(runner.load_run(trained), ['clean', 'tfds_corruptions'],
+                      out_dir=str(tmp_path / 'eval'))
+  assert not (tmp_path / 'eval').exists()
 
 
 def test_every_suite_reads_only_this_process_slice(trained, monkeypatch):
@@ -126,7 +145,8 @@ def test_every_suite_reads_only_this_process_slice(trained, monkeypatch):
   runner.clean_suite(run, max_examples=16)
   list(run.batches(max_examples=16))
   with tfds.testing.mock_data(num_examples=20):
-    runner.tfds_corruption_suite(run, names=['fog'], severities=(1,), max_examples=16)
+    runner.tfds_corruption_suite(run, names=['fog'], severities=(1,), max_examples=16,
+                                 dataset='cifar10_corrupted')
   assert len(calls) == 3
   assert calls[-1]['augment'] == 'none'  # the corrupted sets are read as stored (no second crop)
   for kwargs in calls:

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from jaxrobust import methods, models, parallel, train
 from jaxrobust.evaluation import subnet_analysis
@@ -16,7 +17,7 @@ from jaxrobust.methods.base import Context
 from jaxrobust.models import controller as controller_lib
 from jaxrobust.models import subnets
 from jaxrobust.train_state import TrainState
-from tests.conftest import tiny_config
+from tests.conftest import method_on_tiny_model, tiny_config
 from tests.test_subnets import random_variables
 
 STEPS_PER_EPOCH = 4
@@ -143,6 +144,42 @@ def _p_residual(m, state):
   return float(np.mean(np.asarray(s.masks[0])[:, 0]))
 
 
+def test_search_reward_is_minus_the_subnets_accuracy_over_all_devices():
+  """The policy gradient minimises subnet accuracy (Eq. 1): the reward is its negative, averaged
+  over devices, each device's subnets normalising with that device's batch statistics."""
+  _, mesh, m, state = _setup(num_devices=2)
+  params, stats = parallel.to_host((state.params, state.batch_stats))
+  batch = _batch(5)
+  masks = jax.jit(jax.vmap(m.space.random))(jax.random.split(jax.random.key(2), 6))
+  rewards = parallel.spmd(lambda p, s, x, y, k: m.subnet_rewards(p, s, x, y, k), mesh,
+                          in_specs=(P(), P(), P(parallel.AXIS), P(parallel.AXIS), P()),
+                          out_specs=P())(state.params, state.batch_stats,
+                                         *parallel.shard_batch(batch, mesh).values(), masks)
+  halves = [slice(0, 8), slice(8, 16)]   # the two devices' shards of the 16 images
+  per_device = [ews.subnet_accuracies(m.model, params, stats, jnp.asarray(batch['image'][h]),
+                                      jnp.asarray(batch['label'][h]), masks) for h in halves]
+  np.testing.assert_allclose(np.asarray(rewards), -(per_device[0] + per_device[1]) / 2,
+                             atol=1e-6)
+  assert len(set(np.asarray(rewards).round(4))) > 1   # the subnets do differ in accuracy
+
+
+@pytest.mark.parametrize('method,overrides', [
+    ('ews_pgd_at', dict(pgd_at_num_steps=2)),
+    ('ews_trades', dict(trades_num_steps=2)),
+    ('ews', dict(ews_search_on='adversarial', ews_search_num_steps=2))])
+def test_adversarial_search_judges_subnets_on_pgd_examples(method, overrides):
+  """Section 3.4.1: with an adversarial base (or ews_search_on='adversarial') the subnets are
+  judged on PGD examples of the full network, inside the eps-ball around the clean images."""
+  _, mesh, m, state = _setup(method, num_devices=1, **overrides)
+  assert m.search_adversarial
+  host, batch = parallel.to_host(state), _batch(6)
+  x, y = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
+  x_search = jax.jit(m._search_images)(host, x, y, jax.random.key(3))  # pylint: disable=protected-access
+  distance = float(jnp.max(jnp.abs(x_search - x)))
+  assert 1e-3 < distance <= 8 / 255 + 1e-6
+  assert float(x_search.min()) >= 0.0 and float(x_search.max()) <= 1.0
+
+
 def test_search_hook_raises_probability_of_rewarded_subnets():
   _, _, m, state = _setup(ews_search_fraction=1.0, ews_controller_lr=0.05,
                           ews_entropy_weight=0.0, ews_search_every_epochs=2.0,
@@ -241,6 +278,28 @@ def test_adversarial_bases_lambda_zero_and_awp():
   diff = max(float(np.abs(a - b).max()) for a, b in
              zip(jax.tree.leaves(runs['awp'][1]), jax.tree.leaves(runs['pgd_at'][1])))
   assert diff > 1e-6
+
+
+def test_awp_step_ascends_then_applies_the_perturbed_gradient_to_the_unperturbed_weights():
+  """One AWP step: the loss at w + v exceeds the loss at w (ascent, not descent), and the update
+  is w - lr grad L(w + v) (the perturbation is removed again, not kept)."""
+  gamma, lr = 5e-2, 0.1  # conftest's SGD(0.1), no momentum or weight decay
+  config, mesh, m, model, state = method_on_tiny_model('awp', awp_gamma=gamma, pgd_at_eps=0.0,
+                                                       pgd_at_num_steps=1)
+  batch = _batch(3)
+  new_state, _ = train.make_train_step(m, config, mesh)(parallel.replicate(state, mesh),
+                                                        parallel.shard_batch(batch, mesh))
+  x, y = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
+
+  def loss(p):  # with eps = 0 the PGD-AT base trains on x itself
+    logits, _ = models.apply_model(model, p, state.batch_stats, x, train=True)
+    return common.cross_entropy(logits, y)
+
+  v = ews.awp_perturbation(state.params, jax.grad(loss)(state.params), gamma)
+  perturbed = jax.tree.map(jnp.add, state.params, v)
+  assert float(loss(perturbed)) > float(loss(state.params)) + 1e-3
+  expected = jax.tree.map(lambda w, g: w - lr * g, state.params, jax.grad(loss)(perturbed))
+  chex.assert_trees_all_close(parallel.to_host(new_state.params), expected, atol=1e-6)
 
 
 def test_awp_perturbation_is_layerwise_relative_to_the_weight_norm():

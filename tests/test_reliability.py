@@ -746,6 +746,9 @@ BAD_INPUTS = [
      r"Unknown method 'nonexistent'\. Valid methods: .*vanilla"),
     ('cli_config_key', 'cli', ['--config.modle=resnet18'],
      r"unknown config key 'modle'\. Did you mean \"model\""),
+    ('cli_config_file', 'cli', ['--config=configs/nosuch.py'],
+     r"config file 'configs/nosuch\.py' not found \(a relative path starts at the current "
+     r"directory\); the configs are in the repository's configs/\."),
     ('optimizer', 'config', {'optimizer': 'rmsprop'},
      r"Unknown optimizer 'rmsprop'; valid: sgd, adam, adamw"),
     ('lr_schedule', 'config', {'lr_schedule': 'linear'},
@@ -825,7 +828,7 @@ BAD_INPUTS = [
 
 def _describe(kind, value) -> str:
   if kind == 'cli':
-    return 'python -m jaxrobust.main --config=configs/vanilla_cifar.py ' + ' '.join(value)
+    return 'python -m jaxrobust.main ' + ' '.join(_cli_args(value))
   if kind == 'config':
     return ', '.join(f'{k}={v!r}' for k, v in value.items())
   if kind == 'folder':
@@ -835,6 +838,12 @@ def _describe(kind, value) -> str:
   if kind == 'workdir':
     return value.__doc__.split(' (')[0]
   return 'multi-process flags: ' + ', '.join(f'--{k}={v}' for k, v in value.items())
+
+
+def _cli_args(value):
+  """A bad command line: ``value`` after vanilla_cifar's config, unless it names its own."""
+  return value if value[0].startswith('--config=') else ['--config=configs/vanilla_cifar.py',
+                                                         *value]
 
 
 def _no_compile(*args, **kwargs):
@@ -860,6 +869,19 @@ def _write_bad_inputs_table():
   (ROOT / 'docs' / 'bad_inputs.md').write_text('\n'.join(lines) + '\n')
 
 
+def test_a_config_file_loads_when_the_command_runs_outside_the_repository(tmp_path):
+  """Config files import their package (``from configs import default``); main makes it
+  importable from any directory, so the config loads and its (bad) model is what fails."""
+  env = _env()
+  env['PYTHONPATH'] = os.environ.get('PYTHONPATH', '')   # not the repository root
+  result = subprocess.run(
+      _main(f'--config={ROOT / "configs" / "vanilla_cifar.py"}', f'--workdir={tmp_path}/run',
+            '--config.model=nonexistent'), cwd=tmp_path, env=env, capture_output=True,
+      text=True, timeout=600)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "error: Unknown model 'nonexistent'" in result.stderr
+
+
 @pytest.mark.parametrize('case_id, kind, value, expected', BAD_INPUTS,
                          ids=[row[0] for row in BAD_INPUTS])
 def test_bad_input_fails_early_with_a_message(case_id, kind, value, expected, tmp_path,
@@ -870,8 +892,7 @@ def test_bad_input_fails_early_with_a_message(case_id, kind, value, expected, tm
     pytest.skip(f'method {value["method"]} is not implemented (yet)')
   if kind == 'cli':
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = _cli('--config=configs/vanilla_cifar.py', f'--workdir={tmp_path}/run', *value,
-                  timeout=600)
+    result = _cli(*_cli_args(value), f'--workdir={tmp_path}/run', timeout=600)
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert result.returncode == 2, result.stderr[-2000:]
     # "within seconds": CPU seconds of the child (wall time depends on the machine's load)

@@ -13,7 +13,7 @@ Epsilons and step sizes are in [0, 1] pixel units; the comments give the papers'
 
 AdvProp (Xie et al. 2020, ``002_3c885072544f102e.txt``), section 4 "Adversarial Attackers": PGD
 under L-inf, eps in {1, 2, 3, 4} (of 255), n = eps + 1 iterations except n = 1 for eps = 1, step
-size alpha = 1; "PGD5 (eps=4)" is the default attacker, and section 5 uses "PGD7 (eps=6)" for the
+size alpha = 1; "PGD5 (eps=4)" is the default attacker, and section 5.3 uses "PGD7 (eps=6)" for the
 largest model. Table 7 replaces PGD (eps=4, n=5, alpha=1) by I-FGSM (no random start) and GD (no
 projection onto the eps-ball). The paper leaves targeted vs untargeted open; these presets are
 untargeted (see the AdvProp method's docstring).
@@ -44,7 +44,7 @@ _PRESETS = {
     'advprop_pgd5': dict(attack='pgd', eps=4 / 255, step_size=1 / 255, num_steps=5, norm='linf',
                          random_start=True),  # PGD5 (eps=4), the paper's default
     'advprop_pgd7': dict(attack='pgd', eps=6 / 255, step_size=1 / 255, num_steps=7, norm='linf',
-                         random_start=True),  # PGD7 (eps=6), section 5 (EfficientNet-B7)
+                         random_start=True),  # PGD7 (eps=6), section 5.3 (EfficientNet-B7)
     # --- AdvProp, Table 7 attacker variants (eps=4, n=5, alpha=1). ---
     'advprop_ifgsm5': dict(attack='ifgsm', eps=4 / 255, step_size=1 / 255, num_steps=5,
                            norm='linf'),

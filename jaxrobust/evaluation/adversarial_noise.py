@@ -26,6 +26,7 @@ Command line (a finished run's workdir; writes ``<workdir>/adversarial_noise.jso
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
@@ -259,7 +260,8 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
     num_generators: generators with different seeds (the paper: 4).
     batch_size: batch size of the generator training and of the line search.
     num_eval: test images in the median (0 = the whole split).
-    seed: seed of the generators, the latent noise and the training-batch order.
+    seed: seed of the generators, the latent noise and the training-batch orders (generator
+      ``g`` trains on the order of seed ``seed + 1 + g``).
     dataset: overrides the run's dataset.
     num_coarse, num_bisect: the line search (``noise_robustness.minimal_l2_along_noise``).
     gaussian: also report eps* along Gaussian noise (eps*_GN) on the same images.
@@ -281,8 +283,10 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
   source = data.make_source(info, info.train_split, data_dir)
   eval_source = data.make_source(info, info.eval_split, data_dir)
 
-  def train_batches():
-    return data.train_iterator(info, global_batch_size=batch_size, seed=seed + 1,
+  batch_orders = itertools.count(seed + 1)
+
+  def train_batches():  # called once per generator: each trains on its own batch order
+    return data.train_iterator(info, global_batch_size=batch_size, seed=next(batch_orders),
                                source=source, data_dir=data_dir)
 
   def eval_batches():

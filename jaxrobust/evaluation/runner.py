@@ -244,16 +244,51 @@ def corruption_suite(run: Run, names: Sequence[str] = corruptions.ALL,
 TFDS_CIFAR10_CORRUPTED_NAMES = {'glass_blur': 'frosted_glass_blur', 'elastic_transform': 'elastic'}
 
 
+# The official corrupted copy of each dataset that has one in TFDS.
+TFDS_CORRUPTED = {'cifar10': 'cifar10_corrupted', 'imagenet2012': 'imagenet2012_corrupted'}
+
+
+def corrupted_dataset(run_dataset: str, dataset: Optional[str] = None) -> str:
+  """The TFDS corrupted set to score a run on: ``dataset`` if given, else its dataset's own.
+
+  Args:
+    run_dataset: the run's ``config.dataset`` (e.g. ``'cifar10'``, ``'folder:/data/cifar10'``).
+    dataset: an explicit choice, one of ``TFDS_CORRUPTED``'s values (for a run trained on a
+      copy of CIFAR-10 or ImageNet, e.g. an image folder).
+
+  Returns:
+    The TFDS name, e.g. ``'cifar10_corrupted'``.
+
+  Raises:
+    ValueError: ``dataset`` is not an official set, or the run's dataset has none and no
+      ``dataset`` was given (a model scored on another dataset's images would be meaningless).
+  """
+  allowed = ', '.join(TFDS_CORRUPTED.values())
+  if dataset:
+    if dataset not in TFDS_CORRUPTED.values():
+      raise ValueError(f'corrupted_dataset={dataset!r}: allowed {allowed}.')
+    return dataset
+  base = '' if run_dataset.startswith('folder:') else run_dataset.split(':')[0].split('/')[0]
+  if base not in TFDS_CORRUPTED:
+    raise ValueError(f'The tfds_corruptions suite has official sets for '
+                     f'{", ".join(TFDS_CORRUPTED)} only; this run trained on {run_dataset!r}. '
+                     f'If its images are one of those datasets\' (e.g. a folder copy), name the '
+                     f'set with --corrupted_dataset ({allowed}).')
+  return TFDS_CORRUPTED[base]
+
+
 def tfds_corruption_suite(run: Run, names: Sequence[str] = corruptions.STANDARD,
                           severities: Sequence[int] = (1, 2, 3, 4, 5), max_examples=None,
-                          dataset: str = 'cifar10_corrupted') -> dict:
+                          dataset: Optional[str] = None) -> dict:
   """The official pre-computed sets (TFDS ``cifar10_corrupted``/``imagenet2012_corrupted``).
 
   Each ``<dataset>/<name>_<severity>`` config is read with the same pipeline and scored with the
   same model function as the on-the-fly corruptions. ``names`` are this library's corruption
   names (``TFDS_CIFAR10_CORRUPTED_NAMES`` gives TFDS's CIFAR spelling where it differs).
+  ``dataset`` defaults to the run's dataset's corrupted copy (:func:`corrupted_dataset`).
   """
   from jaxrobust import train  # pylint: disable=g-import-not-at-top
+  dataset = corrupted_dataset(run.config.dataset, dataset)
   model_fn = _counts_fn()
   errors = {}
   for name in names:
@@ -389,7 +424,7 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
                corruption_names: Sequence[str] = corruptions.ALL,
                corruption_severities: Sequence[int] = corruptions.SEVERITIES,
                baseline_errors: Optional[str] = None, apgd_steps: int = 100,
-               apgd_targets: int = 3) -> dict:
+               apgd_targets: int = 3, corrupted: Optional[str] = None) -> dict:
   """Runs the named suites and writes report.json, CSVs, summary.md and plots to ``out_dir``.
 
   Args:
@@ -406,10 +441,14 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
       are only meaningful for ImageNet.
     apgd_steps: iterations of APGD-CE/APGD-T.
     apgd_targets: target classes of APGD-T (AutoAttack uses 9; each costs one APGD run).
+    corrupted: the TFDS set of the tfds_corruptions suite (default: the run's dataset's own,
+      see :func:`corrupted_dataset`).
   """
   unknown = [s for s in suites if s not in SUITES]
   if unknown:
     raise ValueError(f'Unknown suite(s) {unknown}; valid: {", ".join(SUITES)}.')
+  if 'tfds_corruptions' in suites:  # before any suite runs
+    corrupted = corrupted_dataset(run.config.dataset, corrupted)
   severities = check_severities(corruption_severities)
   validation.check_int('attack_examples', attack_examples, low=1)  # 0 read no data: 0% robust
   gathered = [s for s in suites if s in ('eps_star', 'frequency')]
@@ -428,10 +467,13 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
     if suite == 'clean':
       report['clean'] = clean_suite(run, max_examples)
     elif suite in ('corruptions', 'tfds_corruptions'):
-      fn = corruption_suite if suite == 'corruptions' else tfds_corruption_suite
-      res = fn(run, names=corruption_names if suite == 'corruptions' else
-               [n for n in corruption_names if n in corruptions.ALL], severities=severities,
-               max_examples=max_examples)
+      if suite == 'corruptions':
+        res = corruption_suite(run, names=corruption_names, severities=severities,
+                               max_examples=max_examples)
+      else:
+        official = [n for n in corruption_names if n in corruptions.ALL]
+        res = tfds_corruption_suite(run, names=official, severities=severities,
+                                    max_examples=max_examples, dataset=corrupted)
       clean_err = 1.0 - report['clean']['top1'] if 'clean' in report else None
       baseline = baseline_errors if baseline_errors else (
           'alexnet' if run.info.image_shape[0] > 64 else None)

@@ -20,6 +20,9 @@ accuracy")::
 
     x' = argmax_{||x' - x||_inf <= eps} KL(f(x) || f(x'))   (PGD-10 on the KL, eps 8/255,
                                                              step 2/255, start x + 0.001 N(0, I))
+
+(step 2/255 as in the TRADES-AWP code that EWS's TRADES experiments follow; TRADES' own code
+uses 0.007)
     loss = CE(f(x), y) + beta * (1/B) sum_i KL(p(x_i) || p(x'_i))          beta = 6
 
 with gradients flowing through *both* ``f(x)`` and ``f(x')`` in the KL (the reference's

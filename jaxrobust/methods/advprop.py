@@ -36,7 +36,7 @@ fine-grained: B clean + B augmented + B adversarial.
 **Attacker** (``advprop_attack``, a preset of :mod:`jaxrobust.attacks.presets`, section 4 and
 Table 7): ``'advprop_pgd1'`` (eps 1/255, 1 step), ``'advprop_pgd3'`` (eps 2/255, 3 steps),
 ``'advprop_pgd4'`` (eps 3/255, 4), ``'advprop_pgd5'`` (eps 4/255, 5; the paper's default for large
-networks, used here when the config names none), ``'advprop_pgd7'`` (eps 6/255, 7; section 5),
+networks, used here when the config names none), ``'advprop_pgd7'`` (eps 6/255, 7; section 5.3),
 ``'advprop_ifgsm5'`` (I-FGSM: no random start) and ``'advprop_gd5'`` (GD: no projection onto the
 eps-ball); the paper's 0-255 units are eps in {1, ..., 4}, step alpha = 1. The PGD presets are
 L-inf with a uniform random start in the eps-ball. Smaller networks favour weaker attackers

@@ -344,7 +344,9 @@ class AuxTrain(Method):
     new_state = new_state.replace(batch_stats=aux['batch_stats'],
                                   extras={'heads': heads, 'opt_state': head_opt})
 
-    metrics = {'loss': loss, 'accuracy': common.accuracy(aux['primary_logits'], y),
+    # Group 0 is the PGD batch in the adversarial variant: named as the adversarial methods do.
+    primary_accuracy = 'adv_accuracy' if self.adversarial else 'accuracy'
+    metrics = {'loss': loss, primary_accuracy: common.accuracy(aux['primary_logits'], y),
                'ce_primary': aux['ce_primary'], 'ce_aux': jnp.mean(aux['ce_aux']),
                'kl': jnp.mean(aux['kl']), 'fc_distance': jnp.sum(aux['distance']),
                'gamma': gamma}

@@ -73,7 +73,9 @@ no statistics update) w.r.t. the kernel ``w_l`` of every convolution / dense lay
 training gradient is taken at ``w + v`` and applied to ``w``. Published defaults: ``awp_gamma =
 5e-3`` (the AWP paper; the official AT-AWP script uses 1e-2, TRADES-AWP 5e-3 from its 10th
 epoch, i.e. ``awp_warmup_epochs = 9``). With EWS, the KL terms are evaluated at the perturbed
-weights too.
+weights too. Weight decay (part of the optimiser) acts on ``w``; the official code steps its
+optimiser on the perturbed model, so it decays ``w + v``: a difference of ``wd * v``, 2.5e-6
+``||w_l||`` per layer at the defaults (wd 5e-4, gamma 5e-3).
 
 **Batch composition** per step: natural: B clean through the full network + B through the
 subnet. PGD-AT: B adversarial (+ B clean if gamma > 0) through the full network, and the same
@@ -215,7 +217,8 @@ class EWS(Method):
   ``ews_search_attack`` (a preset for the adversarial search of the natural base; default
   'madry_pgd10') with optional ``ews_search_eps`` / ``ews_search_step_size`` /
   ``ews_search_num_steps`` overrides and ``ews_search_craft_bn`` ('batch' | 'running'),
-  ``ews_controller_lr`` (Adam, 1e-2), ``ews_controller_hidden`` (100),
+  ``ews_controller_lr`` (Adam, 1e-2), ``ews_controller_hidden`` (100, the LSTM's; the
+  embeddings are 100-d),
   ``ews_entropy_weight`` (1e-4), ``ews_baseline_decay`` (0.95), ``ews_compare_batches`` (4),
   ``ews_controller_restart`` (True: every search starts from a freshly initialised controller),
   ``awp_gamma`` (0 = off), ``awp_warmup_epochs`` (0).
@@ -311,9 +314,9 @@ class EWS(Method):
       self.base.setup(ctx)
     image_shape = tuple(ctx.info.image_shape) if ctx.info is not None else (32, 32, 3)
     self.space = subnets.subnet_space(ctx.model, self.rho, image_shape=image_shape)
-    self.controller = controller_lib.SubnetController(
-        slots=self.space.slots, hidden_size=self.controller_hidden,
-        embed_dim=self.controller_hidden)
+    # The embeddings stay 100-d (supplementary A) whatever the LSTM's size, which the paper leaves open.
+    self.controller = controller_lib.SubnetController(slots=self.space.slots,
+                                                      hidden_size=self.controller_hidden)
     self.controller_tx = optax.adam(self.controller_lr)
     self.awp_warmup_steps = int(round(self.awp_warmup_epochs * ctx.steps_per_epoch))
     self._search_fns = None
