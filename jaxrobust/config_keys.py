@@ -5,8 +5,10 @@ On the command line ml_collections already refuses a key the ``--config`` file l
 edited in Python (a notebook's ``config.ews_lamda = 0``) has no such guard, so
 :func:`jaxrobust.train.validate_config` checks its keys against :data:`KNOWN` and the keys a
 registered method declares in its ``defaults`` (:func:`known`).
-``tests/test_configs.py`` keeps this list equal to the keys the shipped configs define and a
-superset of those the code reads: a new key goes here and into its method's config.
+``tests/test_configs.py`` keeps :func:`known` equal to the keys the shipped configs define and
+a superset of those the code reads. A new method's key goes into its ``defaults`` (read with
+``Method.option``: nothing to edit here), or, for a key read with ``config.get``, into
+:data:`METHODS`; either way also into the method's config file.
 """
 
 import difflib

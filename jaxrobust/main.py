@@ -108,9 +108,15 @@ def _parse_flags(argv):
     while isinstance(inner, BaseException) and inner.args:  # AttributeError(KeyError('...'))
       inner = inner.args[0]
     key, _, hint = ' '.join(str(inner).split()).partition(' ')
-    print(f'error: unknown config key {key}. {hint + " " if hint else ""}The valid keys are '
-          'those of the --config file (see configs/default.py and the method\'s config).',
-          file=sys.stderr)
+    from jaxrobust import config_keys  # pylint: disable=g-import-not-at-top
+    if key.strip('\'"') in config_keys.known():  # a real key that this config file lacks
+      print(f'error: config key {key} is not in the --config file, and the command line only '
+            'overrides keys the file defines. Use the config of the method that reads it '
+            '(configs/<method>_*.py) or add the key to your config file.', file=sys.stderr)
+    else:
+      print(f'error: unknown config key {key}. {hint + " " if hint else ""}The valid keys are '
+            'those of the --config file (see configs/default.py and the method\'s config).',
+            file=sys.stderr)
     sys.exit(2)
 
 

@@ -470,6 +470,16 @@ def test_contrast_brightness_factors_stay_within_strength():
     r = 0.1 * s
     assert 0.5 * (1 - r) - 1e-6 <= y[0].min() and y[0].max() <= 0.5 * (1 + r) + 1e-6
     assert np.ptp(y[0]) < 1e-6
+  # On coloured images, against a NumPy ColorJitter with the same factors: brightness, contrast
+  # (towards the mean luma), saturation (towards each pixel's luma), each clipped.
+  x, severity = X[1:], 5
+  factors = np.asarray(jax.random.uniform(KEY, (3, len(x), 1, 1, 1), minval=0.5, maxval=1.5))
+  luma = lambda z: (z @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+  y = np.clip(x * factors[0], 0, 1)
+  y = np.clip(factors[1] * y + (1 - factors[1]) * luma(y).mean(axis=(1, 2, 3), keepdims=True), 0, 1)
+  y = np.clip(factors[2] * y + (1 - factors[2]) * luma(y), 0, 1)
+  np.testing.assert_allclose(auxiliary.contrast_brightness(jnp.asarray(x), KEY, severity), y,
+                             atol=1e-5)
 
 
 def test_224px_uses_imagenet_table():

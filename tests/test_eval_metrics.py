@@ -132,8 +132,13 @@ def test_mce_scales_linearly_and_hand_computed_ce():
   errors = {'fog': {1: 0.2, 2: 0.4}}
   base = {'fog': {1: 0.4, 2: 0.4, 3: 0.9}}
   assert M.normalized_ce(errors, base, ['fog']) == {'fog': pytest.approx(0.75)}
-  # relative: ((0.3 - 0.1) / (0.4 - 0.2))
+  # relative: sum_s (E - E_clean) / sum_s (E_base - E_base_clean) = (0.1 + 0.3) / (0.2 + 0.2)
   assert M.relative_mce(errors, 0.1, base, 0.2, corruptions=['fog']) == pytest.approx(1.0)
+  # the model's own clean error counts: (0.2 + 0.4) / (0.2 + 0.2)
+  assert M.relative_mce(errors, 0.0, base, 0.2, corruptions=['fog']) == pytest.approx(1.5)
+  # the mean of per-corruption ratios (1.0 and (0.2 + 0.2) / (0.1 + 0.1) = 2.0), not a pooled one
+  errors['snow'], base['snow'] = {1: 0.3, 2: 0.3}, {1: 0.3, 2: 0.3}
+  assert M.relative_mce(errors, 0.1, base, 0.2, corruptions=['fog', 'snow']) == pytest.approx(1.5)
 
 
 def test_mce_with_baseline_json_file(tmp_path):

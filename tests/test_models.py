@@ -47,8 +47,21 @@ def test_dropout_only_where_the_block_has_it():
   # a silently ignored rate would train a network without the regulariser the user asked for
   with pytest.raises(ValueError, match="model 'resnet50' has no dropout.*preact_resnet18"):
     models.create_model('resnet50', num_classes=10, dropout_rate=0.3)
-  assert models.create_model('wrn10_1', num_classes=10, dropout_rate=0.3).dropout_rate == 0.3
   assert models.create_model('resnet50', num_classes=10, dropout_rate=0.0).dropout_rate == 0.0
+  # A WideResNet applies its rate in training passes, and only there.
+  wrn = models.create_model('wrn10_1', num_classes=10, dropout_rate=0.3)
+  plain = models.create_model('wrn10_1', num_classes=10)
+  params, stats = models.init_variables(plain, jax.random.PRNGKey(0), (8, 8, 3))
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 8, 8, 3))
+
+  def train_pass(model, key):
+    return models.apply_model(model, params, stats, x, train=True, update_stats=False,
+                              rngs={'dropout': jax.random.PRNGKey(key)})[0]
+  assert not np.allclose(train_pass(wrn, 0), train_pass(wrn, 1))
+  assert not np.allclose(train_pass(wrn, 0), train_pass(plain, 0))
+  np.testing.assert_array_equal(
+      models.apply_model(wrn, params, stats, x, train=False)[0],
+      models.apply_model(plain, params, stats, x, train=False)[0])
 
 
 
@@ -114,11 +127,17 @@ def test_per_domain_affine_parameters(tiny):
     a, _ = models.apply_model(model, params, stats, x, train=False, domain=domain)
     b, _ = models.apply_model(model, p2, stats, x, train=False, domain=domain)
     assert (not np.allclose(a, b)) == should_change
-  # a domain without its own affine uses the shared one
-  a, _ = models.apply_model(model, params, stats, x, train=False, domain='gaussian_noise')
-  b, _ = models.apply_model(model, params, {**stats, 'gaussian_noise': stats['main']}, x,
+  # A domain without its own affine uses the shared one (not aux's, which p2 moved) with its
+  # own running statistics (made distinct here; at initialisation every domain's are equal).
+  distinct = {**stats, 'gaussian_noise': jax.tree.map(lambda s: s + 0.5, stats['gaussian_noise'])}
+  a, _ = models.apply_model(model, p2, distinct, x, train=False, domain='gaussian_noise')
+  b, _ = models.apply_model(model, p2, {**distinct, 'main': distinct['gaussian_noise']}, x,
                             train=False, domain='main')
   np.testing.assert_allclose(a, b, rtol=1e-6)
+  c, _ = models.apply_model(model, p2, {**distinct, 'aux': distinct['gaussian_noise']}, x,
+                            train=False, domain='aux')
+  main, _ = models.apply_model(model, p2, distinct, x, train=False, domain='main')
+  assert not np.allclose(a, c) and not np.allclose(a, main)
 
 
 def test_features_and_export(tiny):
@@ -136,13 +155,19 @@ def test_features_and_export(tiny):
 
 
 def test_inputs_are_normalised_inside_the_model():
-  model = models.create_model('resnet_tiny', num_classes=3, mean=(0.5,), std=(0.25,))
-  params, stats = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
   x = jnp.full((2, 8, 8, 1), 0.5)  # equals the mean -> zero after normalisation
   feats = models.layers.Normalize((0.5,), (0.25,))(x)
   assert float(jnp.abs(feats).max()) == 0.0
+  # The model applies it: on x it gives what an unnormalising twin gives on (x - mean) / std.
+  model = models.create_model('resnet_tiny', num_classes=3, mean=(0.5,), std=(0.25,))
+  identity = models.create_model('resnet_tiny', num_classes=3, mean=(0.0,), std=(1.0,))
+  params, stats = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1))
+  x = jax.random.uniform(jax.random.PRNGKey(2), (2, 8, 8, 1))
   logits, _ = models.apply_model(model, params, stats, x, train=False)
-  assert logits.shape == (2, 3)
+  twin, _ = models.apply_model(identity, params, stats, (x - 0.5) / 0.25, train=False)
+  np.testing.assert_allclose(logits, twin, rtol=1e-5, atol=1e-6)
+  unnormalised, _ = models.apply_model(identity, params, stats, x, train=False)
+  assert not np.allclose(logits, unnormalised, atol=1e-3)
 
 
 # ------------------------------------------------------------------ loop-friendly convolution

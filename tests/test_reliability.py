@@ -746,6 +746,9 @@ BAD_INPUTS = [
      r"Unknown method 'nonexistent'\. Valid methods: .*vanilla"),
     ('cli_config_key', 'cli', ['--config.modle=resnet18'],
      r"unknown config key 'modle'\. Did you mean \"model\""),
+    ('cli_config_key_of_another_config', 'cli', ['--config.mixprop_alpha=0.5'],
+     r"config key 'mixprop_alpha' is not in the --config file, and the command line only "
+     r"overrides keys the file defines\. Use the config of the method that reads it"),
     ('cli_config_file', 'cli', ['--config=configs/nosuch.py'],
      r"config file 'configs/nosuch\.py' not found \(a relative path starts at the current "
      r"directory\); the configs are in the repository's configs/\."),

@@ -22,7 +22,11 @@ def test_quickstart_style_run_leaves_checkpoint_metrics_and_results(tmp_path):
   assert all(l['images_per_sec'] > 0 for l in train_lines)
   assert train_lines[-1]['loss'] < train_lines[0]['loss']
   saved = json.load(open(tmp_path / 'results.json'))
-  assert 0.0 <= saved['eval_top1'] <= 1.0 and saved['eval_top5'] >= saved['eval_top1']
+  # learnt (chance is 0.1; two epochs of the tiny model reach about 0.6), and the same figures
+  # as the final evaluation logged in metrics.jsonl
+  assert 0.3 < saved['eval_top1'] <= saved['eval_top5'] <= 1.0
+  last_eval = [l for l in lines if l['kind'] == 'eval'][-1]
+  assert (last_eval['top1'], last_eval['top5']) == (saved['eval_top1'], saved['eval_top5'])
   assert json.load(open(tmp_path / 'config.json'))['model'] == 'resnet_tiny'
 
 

@@ -103,9 +103,20 @@ def test_skip_nonfinite_policy_keeps_the_state():
         parallel.to_host(s.opt_state), is_leaf=lambda t: isinstance(t, optax.ScaleByScheduleState))
             if isinstance(x, optax.ScaleByScheduleState)]
   counts_before = counts(state)
+  stats_before = parallel.to_host(state.batch_stats)
+
+  def traces(s):   # SGD's momentum
+    return [x.trace for x in jax.tree.leaves(parallel.to_host(s.opt_state),
+                                             is_leaf=lambda t: isinstance(t, optax.TraceState))
+            if isinstance(x, optax.TraceState)]
+  traces_before = traces(state)
   state, metrics = step(state, parallel.shard_batch(batch, mesh))
   assert float(metrics['finite']) == 0.0 and int(state.step) == 1
   chex.assert_trees_all_equal(before, parallel.to_host(state.params))
+  # nor the BN statistics (the NaN image made this step's NaN) or the momentum
+  chex.assert_trees_all_equal(stats_before, parallel.to_host(state.batch_stats))
+  assert traces_before
+  chex.assert_trees_all_equal(traces_before, traces(state))
   assert np.isnan(float(jnp.asarray(metrics['loss'])))
   # the learning-rate schedule's count advanced with the step, the update did not apply
   assert counts_before and counts(state) == [c + 1 for c in counts_before]

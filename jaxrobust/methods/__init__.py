@@ -3,6 +3,7 @@
 A method is one module in this package that defines a :class:`~jaxrobust.methods.base.Method`
 subclass decorated with ``@register('<name>')``. Every module here is imported on first lookup,
 so adding a method means adding one file (and a config) — the training loop never changes.
+README.md's "Adding a method" lists the rest (tests, benchmark, comparison script).
 """
 
 import importlib

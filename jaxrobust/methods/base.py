@@ -79,7 +79,10 @@ class Method:
     self.validate()
 
   def option(self, key: str):
-    """``config[key]``, or this method's default for it."""
+    """``config[key]``, or this method's default for it (declared in ``defaults``)."""
+    if key not in self.defaults:
+      raise KeyError(f'method {self.name!r} reads option {key!r} but declares no default for it '
+                     f'in its class attribute `defaults`.')
     return self.config.get(key, self.defaults[key])
 
   # -- the shape of the state ------------------------------------------------------------

@@ -137,9 +137,10 @@ class MixProp(Method):
 
   Config keys: ``mixprop_alpha`` (Beta parameter, default 1).
   """
+  defaults = {'mixprop_alpha': 1.0}
 
   def validate(self) -> None:
-    self.alpha = _check_alpha('mixprop_alpha', self.config.get('mixprop_alpha', 1.0))
+    self.alpha = _check_alpha('mixprop_alpha', self.option('mixprop_alpha'))
 
   def bn_domains(self):
     return (MAIN, AUX)
@@ -178,10 +179,11 @@ class Mixup(Method):
 
   Config keys: ``mixup_alpha`` (default 1), ``mixup_fraction`` (in (0, 1], default 0.5).
   """
+  defaults = {'mixup_alpha': 1.0, 'mixup_fraction': 0.5}
 
   def validate(self) -> None:
-    self.alpha = _check_alpha('mixup_alpha', self.config.get('mixup_alpha', 1.0))
-    fraction = self.config.get('mixup_fraction', 0.5)
+    self.alpha = _check_alpha('mixup_alpha', self.option('mixup_alpha'))
+    fraction = self.option('mixup_fraction')
     validation.check_range('mixup_fraction', fraction, low=0.0, high=1.0, low_inclusive=False)
     self.fraction = float(fraction)
 
