@@ -4,6 +4,7 @@
     python -m jaxrobust.main --config=configs/vanilla_cifar.py --workdir=... --config.num_epochs=1
 """
 
+import importlib.util
 import os
 import sys
 
@@ -82,25 +83,33 @@ def _config_file(argv) -> str | None:
       path = arg[len('--config='):]
     elif arg == '--config' and i + 1 < len(argv):
       path = argv[i + 1]
-  if path and not os.path.isfile(path) and os.path.isfile(path.rpartition(':')[0]):
-    path = path.rpartition(':')[0]  # ml_collections' "file.py:argument" form
+  if path and not os.path.isfile(path) and os.path.isfile(path.partition(':')[0]):
+    path = path.partition(':')[0]  # ml_collections' "file.py:argument" form (first colon)
   return path
+
+
+def _make_config_package_importable(package: str) -> None:
+  """Config files import their package (``from configs import default``); when the command runs
+  outside the repository root, puts the package's parent on ``sys.path``, only if an import of
+  that name would not already find this package."""
+  if not os.path.isfile(os.path.join(package, '__init__.py')):
+    return
+  spec = importlib.util.find_spec(os.path.basename(package))
+  found = [os.path.abspath(p) for p in (spec.submodule_search_locations or [])] if spec else []
+  if package not in found:
+    sys.path.insert(0, os.path.dirname(package))
 
 
 def _parse_flags(argv):
   """absl's flag parsing, plus clean messages for a missing ``--config`` file and for a
   ``--config.<key>`` that does not exist."""
   path = _config_file(argv)
-  if path is not None:
+  if path is not None and not any(a.startswith('--flagfile') for a in argv):
     if not os.path.isfile(path):
       print(f'error: config file {path!r} not found (a relative path starts at the current '
             'directory); the configs are in the repository\'s configs/.', file=sys.stderr)
       sys.exit(2)
-    package = os.path.dirname(os.path.abspath(path))
-    if os.path.isfile(os.path.join(package, '__init__.py')):
-      # Config files import their package (``from configs import default``): make it
-      # importable when the command runs outside the repository root.
-      sys.path.insert(0, os.path.dirname(package))
+    _make_config_package_importable(os.path.dirname(os.path.abspath(path)))
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError) as e:  # ml_collections: override of an unknown config key
@@ -111,8 +120,9 @@ def _parse_flags(argv):
     from jaxrobust import config_keys  # pylint: disable=g-import-not-at-top
     if key.strip('\'"') in config_keys.known():  # a real key that this config file lacks
       print(f'error: config key {key} is not in the --config file, and the command line only '
-            'overrides keys the file defines. Use the config of the method that reads it '
-            '(configs/<method>_*.py) or add the key to your config file.', file=sys.stderr)
+            f'overrides keys the file defines. {hint + " " if hint else ""}Use the config of '
+            'the method that reads it (configs/<method>_*.py) or add the key to your config '
+            'file.', file=sys.stderr)
     else:
       print(f'error: unknown config key {key}. {hint + " " if hint else ""}The valid keys are '
             'those of the --config file (see configs/default.py and the method\'s config).',

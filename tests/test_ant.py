@@ -328,7 +328,7 @@ def test_configs_load_and_validate(name, kind):
   assert (c.ant_clean_fraction, c.ant_current_fraction, c.ant_replay_fraction) == (0.5, 0.3, 0.2)
   # Each config's radius is the default rule at its image size (sigma 0.18 / 0.5 equivalents).
   shape = (224, 224, 3) if name == 'ant_imagenet' else (32, 32, 3)
-  assert abs(c.ant_eps - ant.default_eps(shape)) < 1.0
+  assert c.ant_eps == pytest.approx(ant.default_eps(shape), rel=0.01)
 
 
 def test_default_eps_follows_the_corruption_tables_size_rule():

@@ -94,6 +94,7 @@ def test_a_method_registered_from_a_notebook_brings_its_own_keys(monkeypatch):
   # Its keys were refused (config_keys.py is a fixed list), so a new method could take none
   # without an edit to the library; a misspelling of them is still refused.
   from jaxrobust.methods import vanilla  # pylint: disable=g-import-not-at-top
+  methods.names()  # every module registered first, so the restored registry keeps them
   monkeypatch.setattr(methods, '_REGISTRY', dict(methods._REGISTRY))  # unregistered afterwards
 
   @methods.register('scaled_vanilla')

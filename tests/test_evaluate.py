@@ -124,6 +124,11 @@ def test_the_official_set_is_the_runs_datasets_own_or_named(trained, tmp_path):
                                 ('cifar10', 'cifar100_corrupted', 'allowed cifar10_corrupted')):
     with pytest.raises(ValueError, match=match):
       runner.corrupted_dataset(dataset, given)
+  with pytest.raises(ValueError, match='has 1000 classes; this run classifies 100'):
+    runner.corrupted_dataset('folder:/data/c100', 'imagenet2012_corrupted', num_classes=100)
+  with pytest.raises(ValueError, match='read only by the tfds_corruptions suite'):
+    runner.run_suites(runner.load_run(trained), ['clean'], out_dir=str(tmp_path / 'eval'),
+                      corrupted='cifar10_corrupted')
   # A digits run: refused before any suite runs (no clean report is written first).
   with pytest.raises(ValueError, match="this run trained on 'digits'"):
     runner.run_suites(runner.load_run(trained), ['clean', 'tfds_corruptions'],

@@ -174,7 +174,8 @@ def test_adversarial_search_judges_subnets_on_pgd_examples(method, overrides):
   assert m.search_adversarial
   host, batch = parallel.to_host(state), _batch(6)
   x, y = jnp.asarray(batch['image']), jnp.asarray(batch['label'])
-  x_search = jax.jit(m._search_images)(host, x, y, jax.random.key(3))  # pylint: disable=protected-access
+  search_images = m._search_images  # pylint: disable=protected-access
+  x_search = jax.jit(search_images)(host, x, y, jax.random.key(3))
   distance = float(jnp.max(jnp.abs(x_search - x)))
   assert 1e-3 < distance <= 8 / 255 + 1e-6
   assert float(x_search.min()) >= 0.0 and float(x_search.max()) <= 1.0

@@ -876,7 +876,9 @@ def test_a_config_file_loads_when_the_command_runs_outside_the_repository(tmp_pa
   """Config files import their package (``from configs import default``); main makes it
   importable from any directory, so the config loads and its (bad) model is what fails."""
   env = _env()
-  env['PYTHONPATH'] = os.environ.get('PYTHONPATH', '')   # not the repository root
+  env['PYTHONPATH'] = os.pathsep.join(   # without the repository root
+      p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep)
+      if p and os.path.realpath(p) != os.path.realpath(ROOT))
   result = subprocess.run(
       _main(f'--config={ROOT / "configs" / "vanilla_cifar.py"}', f'--workdir={tmp_path}/run',
             '--config.model=nonexistent'), cwd=tmp_path, env=env, capture_output=True,

@@ -302,7 +302,7 @@ def evaluate_run(workdir: str, *, eps: float = 0.0, steps: int = 500,
   result.update(workdir=str(files.as_path(workdir)), method=config.method, model=config.model,
                 dataset=config.dataset, num_eval=num_eval)
   output = files.as_path(output or files.as_path(workdir) / 'adversarial_noise.json')
-  output.write_text(json.dumps(result, indent=2))
+  output.write_text(json.dumps(result, indent=2) + '\n')
   return result
 
 

@@ -246,15 +246,18 @@ TFDS_CIFAR10_CORRUPTED_NAMES = {'glass_blur': 'frosted_glass_blur', 'elastic_tra
 
 # The official corrupted copy of each dataset that has one in TFDS.
 TFDS_CORRUPTED = {'cifar10': 'cifar10_corrupted', 'imagenet2012': 'imagenet2012_corrupted'}
+_CORRUPTED_CLASSES = {'cifar10_corrupted': 10, 'imagenet2012_corrupted': 1000}
 
 
-def corrupted_dataset(run_dataset: str, dataset: Optional[str] = None) -> str:
+def corrupted_dataset(run_dataset: str, dataset: Optional[str] = None,
+                      num_classes: Optional[int] = None) -> str:
   """The TFDS corrupted set to score a run on: ``dataset`` if given, else its dataset's own.
 
   Args:
     run_dataset: the run's ``config.dataset`` (e.g. ``'cifar10'``, ``'folder:/data/cifar10'``).
     dataset: an explicit choice, one of ``TFDS_CORRUPTED``'s values (for a run trained on a
       copy of CIFAR-10 or ImageNet, e.g. an image folder).
+    num_classes: the run's class count, checked against the chosen set's (when given).
 
   Returns:
     The TFDS name, e.g. ``'cifar10_corrupted'``.
@@ -267,6 +270,10 @@ def corrupted_dataset(run_dataset: str, dataset: Optional[str] = None) -> str:
   if dataset:
     if dataset not in TFDS_CORRUPTED.values():
       raise ValueError(f'corrupted_dataset={dataset!r}: allowed {allowed}.')
+    expected = _CORRUPTED_CLASSES[dataset]
+    if num_classes is not None and num_classes != expected:
+      raise ValueError(f'corrupted_dataset={dataset!r} has {expected} classes; this run '
+                       f'classifies {num_classes}, so its scores there would mean nothing.')
     return dataset
   base = '' if run_dataset.startswith('folder:') else run_dataset.split(':')[0].split('/')[0]
   if base not in TFDS_CORRUPTED:
@@ -288,7 +295,7 @@ def tfds_corruption_suite(run: Run, names: Sequence[str] = corruptions.STANDARD,
   ``dataset`` defaults to the run's dataset's corrupted copy (:func:`corrupted_dataset`).
   """
   from jaxrobust import train  # pylint: disable=g-import-not-at-top
-  dataset = corrupted_dataset(run.config.dataset, dataset)
+  dataset = corrupted_dataset(run.config.dataset, dataset, run.info.num_classes)
   model_fn = _counts_fn()
   errors = {}
   for name in names:
@@ -448,7 +455,10 @@ def run_suites(run: Run, suites: Sequence[str], *, out_dir: Optional[str] = None
   if unknown:
     raise ValueError(f'Unknown suite(s) {unknown}; valid: {", ".join(SUITES)}.')
   if 'tfds_corruptions' in suites:  # before any suite runs
-    corrupted = corrupted_dataset(run.config.dataset, corrupted)
+    corrupted = corrupted_dataset(run.config.dataset, corrupted, run.info.num_classes)
+  elif corrupted:
+    raise ValueError(f'corrupted_dataset={corrupted!r} is read only by the tfds_corruptions '
+                     f'suite, which {list(suites)} does not include.')
   severities = check_severities(corruption_severities)
   validation.check_int('attack_examples', attack_examples, low=1)  # 0 read no data: 0% robust
   gathered = [s for s in suites if s in ('eps_star', 'frequency')]

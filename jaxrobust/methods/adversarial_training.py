@@ -20,12 +20,10 @@ accuracy")::
 
     x' = argmax_{||x' - x||_inf <= eps} KL(f(x) || f(x'))   (PGD-10 on the KL, eps 8/255,
                                                              step 2/255, start x + 0.001 N(0, I))
-
-(step 2/255 as in the TRADES-AWP code that EWS's TRADES experiments follow; TRADES' own code
-uses 0.007)
     loss = CE(f(x), y) + beta * (1/B) sum_i KL(p(x_i) || p(x'_i))          beta = 6
 
-with gradients flowing through *both* ``f(x)`` and ``f(x')`` in the KL (the reference's
+(step 2/255 as in the TRADES-AWP code that EWS's TRADES experiments follow; TRADES' own code
+uses 0.007) with gradients flowing through *both* ``f(x)`` and ``f(x')`` in the KL (the reference's
 ``KLDivLoss(log_softmax(model(x_adv)), softmax(model(x_natural)))`` with ``size_average=False``
 divided by the batch size, i.e. PyTorch's ``'batchmean'``). In EWS's notation this is Eq. 3 with
 ``phi = KL`` and ``gamma = 1 / beta``, multiplied by ``beta``.

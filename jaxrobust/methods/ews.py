@@ -314,7 +314,8 @@ class EWS(Method):
       self.base.setup(ctx)
     image_shape = tuple(ctx.info.image_shape) if ctx.info is not None else (32, 32, 3)
     self.space = subnets.subnet_space(ctx.model, self.rho, image_shape=image_shape)
-    # The embeddings stay 100-d (supplementary A) whatever the LSTM's size, which the paper leaves open.
+    # The embeddings stay 100-d (supplementary A) whatever the LSTM's size (the paper leaves
+    # that open).
     self.controller = controller_lib.SubnetController(slots=self.space.slots,
                                                       hidden_size=self.controller_hidden)
     self.controller_tx = optax.adam(self.controller_lr)
