@@ -203,8 +203,11 @@ def test_bad_suite_and_workdir(trained, tmp_path):
   assert not os.listdir(tmp_path)  # refused before anything ran or was written
   with pytest.raises(ValueError, match='not a training workdir'):
     runner.load_run(str(tmp_path))
-  with pytest.raises(ValueError, match="Domain 'aux' not in this run"):
-    runner.load_run(trained, domain='aux')
+  with mock.patch.object(runner.checkpointing, 'load_arrays',
+                         side_effect=AssertionError('read the checkpoint first')):
+    with pytest.raises(ValueError, match="Domain 'aux' not in this run; its method 'vanilla' "
+                                         r"keeps \['main'\]"):
+      runner.load_run(trained, domain='aux')
   proc = subprocess.run([sys.executable, '-m', 'jaxrobust.evaluate', f'--workdir={trained}',
                          '--suite=clean,nope'], cwd=ROOT, capture_output=True, text=True,
                         timeout=120)

@@ -138,6 +138,9 @@ def load_run(workdir: str, *, overrides: Optional[dict] = None, domain: str = mo
     config[key] = value
   config.init_from = ''  # the run's own checkpoint is what gets loaded
   info, method, model, tx, mesh, steps_per_epoch = train.build(config, mesh)
+  if domain not in method.bn_domains():  # before the checkpoint is read
+    raise ValueError(f'Domain {domain!r} not in this run; its method {config.method!r} keeps '
+                     f'{sorted(method.bn_domains())}.')
   # Only params and BN statistics, read as numpy: works whatever the saving run's device count
   # or process topology, and without rebuilding its optimizer state.
   raw, step = checkpointing.load_arrays(workdir)
