@@ -261,7 +261,7 @@ def main(argv):
       _run(commands[-1], log)
   if FLAGS.subnets and not {'vanilla', 'ews'} <= set(FLAGS.methods):
     logging.warning('--subnets compares vanilla with ews; both must be in --methods: skipped.')
-  if FLAGS.subnets and {'vanilla', 'ews'} <= set(FLAGS.methods):
+  elif FLAGS.subnets:
     subnets_out = os.path.join(out, 'subnets')
     if not os.path.exists(os.path.join(subnets_out, 'subnet_analysis.json')):
       commands.append([

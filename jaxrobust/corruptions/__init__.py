@@ -42,8 +42,7 @@ from jaxrobust.corruptions import weather
 
 SEVERITIES = _common.SEVERITIES
 TABLES = _params.TABLES
-# Images whose largest side is at most this many pixels get the CIFAR severity table.
-CIFAR_MAX_SIZE = _params.CIFAR_MAX_SIZE
+table_for_size = _common.table_for_size
 
 STANDARD = ('gaussian_noise', 'shot_noise', 'impulse_noise', 'defocus_blur', 'glass_blur',
             'motion_blur', 'zoom_blur', 'snow', 'frost', 'fog', 'brightness', 'contrast',

@@ -62,6 +62,12 @@ def _warn_imagenet_table_size(size: int) -> None:
                   size, 224 / size)
 
 
+def table_for_size(size: int) -> str:
+  """The severity table for images whose largest side is ``size`` px: 'cifar' up to 64 px,
+  else 'imagenet'."""
+  return _params.CIFAR if size <= _params.CIFAR_MAX_SIZE else _params.IMAGENET
+
+
 def resolve_table(images, table=None):
   """Chooses the severity table for ``images``.
 
@@ -75,11 +81,10 @@ def resolve_table(images, table=None):
   """
   if table is None:
     size = max(images.shape[1], images.shape[2])
-    if size <= _params.CIFAR_MAX_SIZE:
-      return _params.CIFAR
-    if size != 224:
+    chosen = table_for_size(size)
+    if chosen == _params.IMAGENET and size != 224:
       _warn_imagenet_table_size(int(size))
-    return _params.IMAGENET
+    return chosen
   if table not in _params.TABLES:
     raise ValueError(f'table must be None or one of {_params.TABLES}, got {table!r}.')
   return table

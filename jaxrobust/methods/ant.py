@@ -121,7 +121,8 @@ def default_eps(image_shape: Sequence[int]) -> float:
   of ``configs/ant_imagenet.py``).
   """
   h, w = image_shape[0], image_shape[1]
-  per_pixel = EPS_PER_PIXEL if max(h, w) <= corruptions.CIFAR_MAX_SIZE else EPS_PER_PIXEL_IMAGENET
+  cifar_sized = corruptions.table_for_size(max(h, w)) == 'cifar'
+  per_pixel = EPS_PER_PIXEL if cifar_sized else EPS_PER_PIXEL_IMAGENET
   return float(per_pixel * math.sqrt(float(np.prod(image_shape))))
 
 
